@@ -1,0 +1,118 @@
+"""Shared config pieces for every OVSNet experiment.
+
+Each experiment file (``configs/ovsnet_base.py``, ``configs/smoke.py``, ...) calls
+``get_base_config()`` and overrides what differs. Every field is overridable from the command
+line, e.g. ``--config.model.gfa.omega=0.5``.
+
+Points the paper leaves open are marked [UNVERIFIED] with the default from
+``IMPLEMENTATION_NOTES.md``.
+"""
+import ml_collections
+
+
+def get_model_config(clip_variant: str = 'convnext_base_w_320') -> ml_collections.ConfigDict:
+  """Model hyper-parameters (FC-CLIP / Mask2Former defaults, OVSNet additions)."""
+  m = ml_collections.ConfigDict()
+  m.clip_variant = clip_variant
+  # Pixel mean/std of OpenAI CLIP, times 255 (images enter the model as RGB 0..255).
+  m.pixel_mean = (122.7709383, 116.7460125, 104.09373615)
+  m.pixel_std = (68.5005327, 66.6321579, 70.32316305)
+  m.compute_dtype = 'bfloat16'  # trunk + decoder matmuls; GFA, losses and the pixel decoder in fp32.
+
+  m.pixel_decoder = ml_collections.ConfigDict()
+  m.pixel_decoder.conv_dim = 256
+  m.pixel_decoder.mask_dim = 256
+  m.pixel_decoder.num_layers = 6
+  m.pixel_decoder.num_heads = 8
+  m.pixel_decoder.num_points = 4
+  m.pixel_decoder.ffn_dim = 1024
+  m.pixel_decoder.num_groups = 32  # GroupNorm groups
+  # Deformable-attention sampling implementation: 'gather' (default) or others that pass parity.
+  m.pixel_decoder.deform_impl = 'gather'
+
+  m.decoder = ml_collections.ConfigDict()
+  m.decoder.num_queries = 100  # FC-CLIP-L uses 250.
+  m.decoder.hidden_dim = 256
+  m.decoder.num_heads = 8
+  m.decoder.ffn_dim = 2048
+  m.decoder.num_layers = 9  # 9 layers -> 10 predictions (deep supervision).
+
+  # Fusion of query embeddings F_Q and mask-pooled CLIP features F_C (Table 4a).
+  # 'none' (baseline, FC-CLIP), 'gfa' (OVSNet), 'self_attn', 'cross_attn' (learned alternatives).
+  m.fusion = 'gfa'
+  m.gfa = ml_collections.ConfigDict()
+  m.gfa.affinity = 'query'  # [UNVERIFIED] 'query' (Z is Q x Q) or 'channel' (Z is D x D per query).
+  m.gfa.lam = 0.2  # lambda, the affinity scale (paper).
+  m.gfa.omega = 0.5  # [UNVERIFIED] fusion degree, in (0, 1).
+  m.gfa.norm = 'softmax'  # [UNVERIFIED] 'softmax' (over the CLIP axis) | 'l1' (row) | 'none'.
+  m.gfa.l2_normalize = True  # [UNVERIFIED] L2-normalise F_C^0 and F_Q^0 before Z.
+  m.gfa.stop_gradient = False  # [UNVERIFIED] stop gradients through the GFA output.
+  m.gfa.mode = 'closed_form'  # 'closed_form' (eq. 4, jnp.linalg.solve) | 'iterative' (eq. 1-2).
+  m.gfa.num_iters = 10  # t, for mode='iterative'.
+  m.gfa.classify = 'fused_clip'  # [UNVERIFIED] which embedding is classified: F_C^inf ('fused_clip').
+  m.gfa.all_layers = True  # [UNVERIFIED] apply GFA to every deep-supervision prediction.
+
+  # Inference ensemble (FC-CLIP).
+  m.ensemble = ml_collections.ConfigDict()
+  m.ensemble.enabled = True
+  m.ensemble.alpha = 0.4  # seen classes
+  m.ensemble.beta = 0.8  # unseen classes
+  m.ensemble.on_valid_mask = False  # True only for ResNet CLIPs.
+  m.ensemble.class_chunk = 1024  # classes scored per chunk at inference (large vocabularies).
+  return m
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  """The full experiment config: model, data, training, evaluation."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.model = get_model_config()
+
+  # Text classifier (prompted CLIP text embeddings, cached per vocabulary).
+  c.text = ml_collections.ConfigDict()
+  c.text.templates = 'vild'  # the 14 VILD templates
+  c.text.cache_dir = ''  # '' -> <workdir>/text_cache
+
+  c.clip_checkpoint = ''  # directory written by launch/convert_open_clip.py; '' -> random init.
+
+  c.data = ml_collections.ConfigDict()
+  c.data.train = 'coco_panoptic'
+  c.data.root = ''  # dataset root ($DETECTRON2_DATASETS layout)
+  c.data.crop_size = 1024
+  c.data.scale_range = (0.1, 2.0)
+  c.data.max_masks = 100  # padded number of ground-truth segments per image
+  c.data.num_workers = 8
+  c.data.eval_min_size = 800
+  c.data.eval_max_size = 1333
+  c.data.size_divisibility = 32
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 8  # global
+  c.train.num_steps = 60_000
+  c.train.lr = 1e-4
+  c.train.weight_decay = 0.05
+  c.train.warmup_steps = 10
+  c.train.poly_power = 0.9
+  c.train.grad_clip = 0.01
+  c.train.class_weight = 2.0
+  c.train.mask_weight = 5.0
+  c.train.dice_weight = 5.0
+  c.train.no_object_weight = 0.1
+  c.train.num_points = 12544
+  c.train.oversample_ratio = 3.0
+  c.train.importance_sample_ratio = 0.75
+  c.train.proxy_calibration = ml_collections.ConfigDict()
+  c.train.proxy_calibration.enabled = True
+  c.train.proxy_calibration.gamma = 2.0  # Beta(gamma, gamma); gamma = 1 is the paper's "off".
+  c.train.proxy_calibration.weight = 1.0
+  c.train.log_every = 20
+  c.train.checkpoint_every = 5000
+  c.train.keep_checkpoints = 3
+  c.train.eval_every = 5000
+  c.train.shard_optimizer_state = False
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.dataset = 'ade150'
+  c.eval.batch_size = 1
+  c.eval.max_images = 0  # 0 -> all
+  return c

@@ -1,0 +1,2 @@
+"""OVSNet in JAX/Flax: open-vocabulary segmentation with Gradient-Free Aggregation and Proxy Calibration."""
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Benchmarks run by launch/benchmark.py, one module per mode."""

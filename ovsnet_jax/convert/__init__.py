@@ -1,0 +1,1 @@
+"""Weight conversion from open_clip checkpoints."""

@@ -1,0 +1,1 @@
+"""Hungarian matching, set criterion and Proxy Calibration."""

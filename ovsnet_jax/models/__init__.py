@@ -1,0 +1,1 @@
+"""Flax modules: frozen ConvNeXt-CLIP, pixel decoder, masked-attention decoder, GFA, OVSNet."""

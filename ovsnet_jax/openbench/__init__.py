@@ -1,0 +1,1 @@
+"""OpenBench construction and vocabulary-similarity statistics (paper Section 3)."""

@@ -1,0 +1,1 @@
+"""CLIP tokenizer, prompt templates, class names with synonyms, and the text classifier."""
