@@ -1,0 +1,139 @@
+"""The frozen CLIP image tower: timm's ConvNeXt trunk plus open_clip's projection head.
+
+Layout follows `timm/models/convnext.py` (conv_mlp=False, patch stem, ls_init_value set) and
+`open_clip/timm_model.py` (timm_pool '' keeps timm's avg-pool -> LayerNorm head, then open_clip's
+'linear' or 'mlp' projection). All LayerNorms use eps 1e-6 (timm's LayerNorm/LayerNorm2d default).
+
+Param tree of `CLIPVisual`:
+  {'trunk': {'stem_conv', 'stem_norm', 'stage{0..3}': {['downsample_norm', 'downsample_conv'],
+   'block{j}': {'conv_dw', 'norm', 'fc1', 'fc2', 'gamma'}}},
+   'head_norm', 'proj' | 'mlp': {'fc1', 'fc2'}}
+"""
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ovsnet_jax.models import clip  # Mutual import: only used at call time.
+
+LN_EPS = 1e-6  # timm LayerNorm / LayerNorm2d default, used by every ConvNeXt norm.
+
+
+def _layer_norm(name: str, dtype: Any) -> nn.LayerNorm:
+  return nn.LayerNorm(epsilon=LN_EPS, dtype=dtype, name=name)
+
+
+class ConvNeXtBlock(nn.Module):
+  """dwconv7x7 -> LayerNorm -> Linear 4C -> exact GELU -> Linear C -> gamma -> + residual."""
+  width: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c = self.width
+    y = nn.Conv(c, (7, 7), padding=3, feature_group_count=c, dtype=self.dtype,
+                name='conv_dw')(x)  # (B, h, w, C)
+    y = _layer_norm('norm', self.dtype)(y)
+    y = nn.Dense(4 * c, dtype=self.dtype, name='fc1')(y)  # (B, h, w, 4C)
+    y = nn.gelu(y, approximate=False)
+    y = nn.Dense(c, dtype=self.dtype, name='fc2')(y)  # (B, h, w, C)
+    gamma = self.param('gamma', nn.initializers.constant(1e-6), (c,), jnp.float32)
+    return x + y * gamma.astype(y.dtype)
+
+
+class ConvNeXtStage(nn.Module):
+  """Optional LayerNorm + conv2x2/s2 downsampling, then `depth` ConvNeXt blocks."""
+  width: int
+  depth: int
+  downsample: bool
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.downsample:
+      x = _layer_norm('downsample_norm', self.dtype)(x)
+      x = nn.Conv(self.width, (2, 2), strides=2, padding='VALID', dtype=self.dtype,
+                  name='downsample_conv')(x)  # (B, h/2, w/2, C)
+    for j in range(self.depth):
+      x = ConvNeXtBlock(self.width, dtype=self.dtype, name=f'block{j}')(x)
+    return x
+
+
+class ConvNeXtTrunk(nn.Module):
+  """Patch stem (conv4x4/s4 + LayerNorm) and 4 stages; returns res2..res5 (strides 4..32)."""
+  widths: tuple[int, ...]
+  depths: tuple[int, ...]
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
+    x = nn.Conv(self.widths[0], (4, 4), strides=4, padding='VALID', dtype=self.dtype,
+                name='stem_conv')(images.astype(self.dtype))  # (B, H/4, W/4, C2)
+    x = _layer_norm('stem_norm', self.dtype)(x)
+    feats = {}
+    for i, (width, depth) in enumerate(zip(self.widths, self.depths)):
+      x = ConvNeXtStage(width, depth, downsample=i > 0, dtype=self.dtype, name=f'stage{i}')(x)
+      feats[f'res{i + 2}'] = x  # (B, H/2^(i+2), W/2^(i+2), C_i)
+    return feats
+
+
+class ProjectionMLP(nn.Module):
+  """open_clip's 'mlp' projection (timm Mlp): Linear C->2D (bias) -> GELU -> Linear 2D->D (no bias)."""
+  hidden: int
+  out: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = nn.Dense(self.hidden, dtype=self.dtype, name='fc1')(x)
+    x = nn.gelu(x, approximate=False)
+    return nn.Dense(self.out, use_bias=False, dtype=self.dtype, name='fc2')(x)
+
+
+class CLIPVisual(nn.Module):
+  """ConvNeXt-CLIP image tower.
+
+  Attributes:
+    variant: a key of `ovsnet_jax.models.clip.CLIP_VARIANTS` with an image tower.
+    dtype: compute dtype (params stay float32).
+  """
+  variant: str
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    v = clip.get_variant(self.variant)
+    if not v.has_visual:
+      raise ValueError(f'CLIP variant {self.variant!r} has no image tower.')
+    self.trunk = ConvNeXtTrunk(v.widths, v.depths, dtype=self.dtype)
+    self.head_norm = _layer_norm('head_norm', self.dtype)
+    if v.head == 'linear':
+      self.proj = nn.Dense(v.embed_dim, use_bias=False, dtype=self.dtype)
+    elif v.head == 'mlp':
+      self.mlp = ProjectionMLP(2 * v.embed_dim, v.embed_dim, dtype=self.dtype)
+    else:
+      raise ValueError(f'CLIP variant {self.variant!r}: head must be linear|mlp, got {v.head!r}.')
+    self.head_type = v.head
+    self.out_width = v.widths[-1]
+
+  def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
+    """(B, H, W, 3) CLIP-normalised images -> {'res2'..'res5'}: (B, H/s, W/s, C_s), s = 4..32."""
+    if images.ndim != 4 or images.shape[-1] != 3:
+      raise ValueError(f'CLIPVisual expects images (B, H, W, 3), got shape {images.shape}.')
+    feats = self.trunk(images)
+    if self.is_initializing():  # Create the head params too, so __call__ alone gives the full tree.
+      self.head(jnp.zeros((1, self.out_width), jnp.float32))
+    return feats
+
+  def head(self, pooled: jax.Array) -> jax.Array:
+    """(..., C5) pooled raw res5 features -> (..., D): head LayerNorm then projection."""
+    x = self.head_norm(pooled)
+    if self.head_type == 'linear':
+      return self.proj(x)
+    return self.mlp(x)
+
+  def embed_image(self, images: jax.Array) -> jax.Array:
+    """(B, H, W, 3) -> (B, D): global average pool of res5, then `head`."""
+    res5 = self(images)['res5']  # (B, h, w, C5)
+    pooled = jnp.mean(res5.astype(jnp.float32), axis=(1, 2))  # (B, C5)
+    return self.head(pooled)
