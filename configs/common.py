@@ -27,8 +27,12 @@ def get_model_config(clip_variant: str = 'convnext_base_w_320') -> ml_collection
   m.pixel_decoder.num_points = 4
   m.pixel_decoder.ffn_dim = 1024
   m.pixel_decoder.num_groups = 32  # GroupNorm groups
-  # Deformable-attention sampling implementation: 'gather' (default) or others that pass parity.
+  # Deformable-attention sampling (ovsnet_jax/models/ms_deform_attn.py), all exact: 'gather' (default),
+  # 'gather_corners' (a quarter of the memory, 4 gathers) or 'onehot' (dense matmul; small maps only).
   m.pixel_decoder.deform_impl = 'gather'
+  # Recompute the deformable sampling in the backward pass: keeps ~B*Lq*M*L*P*4*Dh floats per
+  # encoder layer out of the saved activations (8.5 GB per layer at B=8, 1024^2) for some time.
+  m.pixel_decoder.remat_deform = False
 
   m.decoder = ml_collections.ConfigDict()
   m.decoder.num_queries = 100  # FC-CLIP-L uses 250.
@@ -50,7 +54,19 @@ def get_model_config(clip_variant: str = 'convnext_base_w_320') -> ml_collection
   m.gfa.mode = 'closed_form'  # 'closed_form' (eq. 4, jnp.linalg.solve) | 'iterative' (eq. 1-2).
   m.gfa.num_iters = 10  # t, for mode='iterative'.
   m.gfa.classify = 'fused_clip'  # [UNVERIFIED] which embedding is classified: F_C^inf ('fused_clip').
-  m.gfa.all_layers = True  # [UNVERIFIED] apply GFA to every deep-supervision prediction.
+  m.gfa.all_layers = True  # [UNVERIFIED] fuse every deep-supervision prediction (any fusion).
+  m.gfa.detach_affinity = False  # [UNVERIFIED] no gradient through Z / Norm(Z) (fixed linear mix).
+  # Ill-conditioned I - w^2 A (cond_1 > max_condition or singular): counted in out['gfa'], logged,
+  # then 'fallback' (F_C^0, F_Q^0 for that image) or 'regularize' (Tikhonov least squares).
+  m.gfa.max_condition = 1e6
+  m.gfa.on_singular = 'fallback'
+  m.gfa.log_singular = True
+
+  # Learned fusions of Table 4a (models/attention_fusion.py), used when fusion is self/cross_attn.
+  m.attn_fusion = ml_collections.ConfigDict()
+  m.attn_fusion.num_heads = 8
+  m.attn_fusion.mlp_ratio = 2
+  m.attn_fusion.num_layers = 1
 
   # Inference ensemble (FC-CLIP).
   m.ensemble = ml_collections.ConfigDict()
@@ -81,9 +97,18 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.crop_size = 1024
   c.data.scale_range = (0.1, 2.0)
   c.data.max_masks = 100  # padded number of ground-truth segments per image
-  c.data.num_workers = 8
+  c.data.num_workers = 8  # grain worker processes per host; 0 = in process
+  c.data.worker_buffer_size = 2  # batches buffered per worker
+  c.data.read_threads = 2  # element-prefetch threads per process (grain's default 16 oversubscribes)
+  c.data.prefetch = 4  # element-prefetch buffer per process (grain's default 500)
+  # Paper: "colour augmentation"; FC-CLIP's LSJ has none -> Mask2Former's ColorAugSSD (transforms.py).
+  c.data.color_aug = True
   c.data.eval_min_size = 800
   c.data.eval_max_size = 1333
+  # True: the eval dataset's own FC-CLIP test size (datasets.DATASETS[...].test_size, e.g. Cityscapes
+  # 1024/2560) wins over eval_min_size / eval_max_size (which 'shapes' always uses).
+  c.data.eval_size_from_dataset = True
+  c.data.eval_num_workers = 0
   c.data.size_divisibility = 32
 
   c.train = ml_collections.ConfigDict()
@@ -92,6 +117,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.train.lr = 1e-4
   c.train.weight_decay = 0.05
   c.train.warmup_steps = 10
+  c.train.warmup_factor = 0.001  # detectron2 WarmupPolyLR: lr ramps linearly from 0.001 * lr.
   c.train.poly_power = 0.9
   c.train.grad_clip = 0.01
   c.train.class_weight = 2.0
@@ -105,14 +131,40 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.train.proxy_calibration.enabled = True
   c.train.proxy_calibration.gamma = 2.0  # Beta(gamma, gamma); gamma = 1 is the paper's "off".
   c.train.proxy_calibration.weight = 1.0
+  # Beta(1, 1) is uniform, not "no PC": set enabled = False to really switch PC off.
+  c.train.proxy_calibration.synonyms = 'mean'  # [UNVERIFIED] F_T: 'mean' of synonyms | 'first'.
+  c.train.proxy_calibration.alpha_per_pair = True  # [UNVERIFIED] alpha per pair or per batch.
+  c.train.proxy_calibration.all_layers = False  # [UNVERIFIED] PC on the last layer only.
+  # [UNVERIFIED] Model outputs mixed as F_Q and F_C. The raw mask-pooled CLIP feature
+  # ('clip_embeds') gets no gradient (frozen CLIP, binarised detached masks), so L_PC on it
+  # trains nothing; the default takes F_C after aggregation (GFA's F_C^inf = 'fused_embeds').
+  c.train.proxy_calibration.query_source = 'query_embeds'
+  c.train.proxy_calibration.clip_source = 'fused_embeds'
   c.train.log_every = 20
   c.train.checkpoint_every = 5000
   c.train.keep_checkpoints = 3
   c.train.eval_every = 5000
   c.train.shard_optimizer_state = False
+  c.train.stop_at_step = 0  # end this run (after a checkpoint) at this step; 0 -> num_steps. Preemption tests.
+  c.train.log_dir = ''  # '' -> <workdir>/tensorboard
+  c.train.async_checkpointing = True
+  # Multi-host: jax.distributed.initialize(coordinator, num_processes, process_id); '' and 0
+  # -> read from the environment / cluster (no-op on a single host).
+  c.train.coordinator_address = ''
+  c.train.num_processes = 0
+  c.train.process_id = -1
 
   c.eval = ml_collections.ConfigDict()
   c.eval.dataset = 'ade150'
   c.eval.batch_size = 1
   c.eval.max_images = 0  # 0 -> all
+  # Image padding: 'multiple' (each batch to a multiple of 32, detectron2 at batch 1; one compile per
+  # shape), 'orientation' (landscape or portrait canvas: two compiles), 'fixed' (square canvas and
+  # label_canvas; required with several hosts).
+  c.eval.pad_mode = 'orientation'
+  c.eval.label_bucket = 128  # original-size labels padded (ignore) to a multiple of this
+  c.eval.label_canvas = (0, 0)  # pad_mode='fixed': (H, W) >= every original label size
+  c.eval.class_chunk = 128  # classes resized to the original size at a time (memory bound)
+  c.eval.per_class = False  # print per-class IoU
+  c.eval.output = ''  # results JSON; '' -> next to the checkpoint (launch/eval.py)
   return c
