@@ -1,0 +1,255 @@
+"""Semantic-segmentation evaluation: model scores -> original-size labels -> confusion matrix on device.
+
+Protocol (FC-CLIP / detectron2, IMPLEMENTATION_NOTES.md 2g-2h): ResizeShortestEdge(800, 1333)
+(Cityscapes 1024, 2560), pad to a multiple of 32, whole-image inference; the per-class scores at
+padded input resolution are cropped to the resized image and resized bilinearly
+(align_corners=False, as `sem_seg_postprocess`) to the original size, then argmax. mIoU uses
+detectron2's current formula (`metrics.segmentation_metrics`).
+
+`semantic_fn(params, images (B, Hp, Wp, 3) 0..255, text) -> (B, Hp, Wp, K)` scores at padded input
+resolution is the model-side piece (`ovsnet_jax.inference.semantic_logits` for OVSNet).
+"""
+import functools
+import json
+import os
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from ovsnet_jax import metrics
+
+
+def _source_coords(out_size: int, in_size: jax.Array, scale_to: jax.Array) -> tuple:
+  """PyTorch bilinear align_corners=False: output index -> (i0, i1, frac) in a length-in_size axis.
+
+  `scale_to` is the (dynamic) length the input is resized to; outputs past it are don't-care.
+  """
+  scale = in_size.astype(jnp.float32) / scale_to.astype(jnp.float32)
+  src = jnp.maximum((jnp.arange(out_size, dtype=jnp.float32) + 0.5) * scale - 0.5, 0.0)  # (N,)
+  i0 = jnp.minimum(jnp.floor(src).astype(jnp.int32), in_size - 1)
+  i1 = jnp.minimum(i0 + 1, in_size - 1)
+  return i0, i1, src - i0.astype(jnp.float32)
+
+
+def resize_to_original(scores: jax.Array, image_size: jax.Array, orig_size: jax.Array,
+                       out_shape: Sequence[int]) -> jax.Array:
+  """`sem_seg_postprocess` of one image with static shapes.
+
+  Args:
+    scores: (Hp, Wp, C) at padded input resolution.
+    image_size: int (2,) resized image (h, w) inside the padding (dynamic).
+    orig_size: int (2,) original (H, W) (dynamic), <= out_shape.
+    out_shape: static (Hl, Wl) canvas; pixels past orig_size are don't-care.
+  Returns:
+    (Hl, Wl, C): scores[:h, :w] resized bilinearly (align_corners=False) to (H, W).
+  """
+  y0, y1, wy = _source_coords(out_shape[0], image_size[0], orig_size[0])
+  x0, x1, wx = _source_coords(out_shape[1], image_size[1], orig_size[1])
+  rows = scores[y0] * (1 - wy)[:, None, None] + scores[y1] * wy[:, None, None]  # (Hl, Wp, C)
+  return rows[:, x0] * (1 - wx)[None, :, None] + rows[:, x1] * wx[None, :, None]  # (Hl, Wl, C)
+
+
+def predict_labels(scores: jax.Array, image_size: jax.Array, orig_size: jax.Array,
+                   out_shape: Sequence[int], class_chunk: int = 128) -> jax.Array:
+  """Argmax of the original-size scores, resized `class_chunk` classes at a time (bounded memory).
+
+  Args:
+    scores: (B, Hp, Wp, K); image_size, orig_size: int (B, 2).
+  Returns:
+    int32 (B, Hl, Wl) predicted class per pixel.
+  """
+  k = scores.shape[-1]
+  chunk = min(class_chunk, k)
+  num_chunks = -(-k // chunk)
+  padded = jnp.pad(scores, ((0, 0), (0, 0), (0, 0), (0, num_chunks * chunk - k)))
+
+  def one_image(s, isz, osz):  # (Hp, Wp, K') -> (Hl, Wl)
+    def body(carry, c):
+      best, arg = carry
+      part = jax.lax.dynamic_slice_in_dim(s, c * chunk, chunk, axis=-1)  # (Hp, Wp, chunk)
+      part = resize_to_original(part, isz, osz, out_shape)  # (Hl, Wl, chunk)
+      part = jnp.where(c * chunk + jnp.arange(chunk) < k, part, -jnp.inf)  # padded classes never win
+      part_best = part.max(-1)
+      better = part_best > best
+      return (jnp.where(better, part_best, best),
+              jnp.where(better, part.argmax(-1).astype(jnp.int32) + c * chunk, arg)), None
+    init = (jnp.full(tuple(out_shape), -jnp.inf, s.dtype), jnp.zeros(tuple(out_shape), jnp.int32))
+    (_, arg), _ = jax.lax.scan(body, init, jnp.arange(num_chunks))
+    return arg
+
+  return jax.vmap(one_image)(padded, image_size, orig_size)
+
+
+def make_eval_step(semantic_fn: Callable, num_classes: int,
+                   class_chunk: int = 128) -> tuple[Callable, Callable]:
+  """The two jit-able halves of an evaluation step.
+
+  Jitted separately, the model compiles once per image canvas and only the cheap postprocess once
+  per label canvas:
+
+  - `scores_fn(params, images, text) -> (B, Hp, Wp, K)` (the model),
+  - `confusion_fn(scores, batch) -> int32 (K, K)` (resize to original size, argmax, counts).
+  """
+  def confusion_fn(scores, batch):
+    pred = predict_labels(scores, batch['image_size'], batch['orig_size'], batch['sem_seg'].shape[1:],
+                          class_chunk)  # (B, Hl, Wl)
+    label = jnp.where(batch['valid'][:, None, None], batch['sem_seg'], -1)  # padding examples: ignore
+    return metrics.confusion_matrix(pred, label, num_classes)
+  return semantic_fn, confusion_fn
+
+
+def run_evaluation(step: tuple[Callable, Callable], params: Any, text: Any, batches: Iterable[dict],
+                   mesh: Mesh, num_classes: int, *, total: Optional[int] = None,
+                   progress: bool = True) -> np.ndarray:
+  """Runs `make_eval_step`'s pair over host batches (sharded over `mesh`); int64 (K, K) confusion."""
+  import tqdm  # pylint: disable=g-import-not-at-top
+  from ovsnet_jax.input import pipeline  # pylint: disable=g-import-not-at-top
+  scores_fn = jax.jit(step[0], out_shardings=NamedSharding(mesh, P('data')))
+  confusion_fn = jax.jit(step[1], out_shardings=NamedSharding(mesh, P()))
+  acc = metrics.ConfusionAccumulator(num_classes)
+  show = progress and jax.process_index() == 0
+  for host_batch in tqdm.tqdm(batches, total=total, disable=not show, desc='eval', dynamic_ncols=True):
+    batch = pipeline.make_global(host_batch, mesh)
+    scores = scores_fn(params, batch['image'], text)  # (B, Hp, Wp, K)
+    acc.add(confusion_fn(scores, batch), int(np.prod(batch['sem_seg'].shape)))
+  return acc.result()
+
+
+def eval_sizes(config, dataset: str) -> tuple[int, int]:
+  """(min, max) test resize: the dataset's (FC-CLIP) one, or data.eval_min_size / eval_max_size."""
+  if config.data.get('eval_size_from_dataset', True) and dataset != 'shapes':
+    from ovsnet_jax.input import datasets  # pylint: disable=g-import-not-at-top
+    return tuple(datasets.dataset_info(dataset).test_size)
+  return config.data.eval_min_size, config.data.eval_max_size
+
+
+def dataset_vocabulary(config, dataset: str, reader: Any) -> tuple[list, np.ndarray]:
+  """(class names, seen mask vs the training vocabulary) of an evaluation dataset."""
+  from ovsnet_jax.text import vocab  # pylint: disable=g-import-not-at-top
+  if getattr(reader, 'class_names', None):
+    names = [list(c) for c in reader.class_names]
+  else:
+    from ovsnet_jax.input import datasets  # pylint: disable=g-import-not-at-top
+    info = datasets.dataset_info(dataset)
+    names = (vocab.read_class_file(reader.class_names_file) if info.class_names is None
+             else vocab.load_class_names(info.class_names))
+  if config.data.train == 'shapes':
+    from ovsnet_jax.input import shapes  # pylint: disable=g-import-not-at-top
+    train_names = shapes.class_names('train')
+  else:
+    from ovsnet_jax.input import datasets  # pylint: disable=g-import-not-at-top
+    train_names = vocab.load_class_names(datasets.dataset_info(config.data.train).class_names)
+  return names, vocab.seen_mask(names, train_names)
+
+
+def eval_reader(config, dataset: str):
+  """The semantic reader of the evaluation split of `dataset` ('shapes' -> held-out 'val')."""
+  from ovsnet_jax.input import pipeline  # pylint: disable=g-import-not-at-top
+  kwargs = dict(config.data.get('shapes', {})) if dataset == 'shapes' else {}
+  split = 'val'
+  return pipeline.make_reader(dataset, config.data.root, split, semantic=True, **kwargs)
+
+
+def evaluate_dataset(config, semantic_fn: Callable, params: Any, text_fn: Callable, mesh: Mesh,
+                     dataset: Optional[str] = None, reader: Any = None, progress: bool = True) -> dict:
+  """Evaluates `semantic_fn` on `config.eval.dataset` (or `dataset`).
+
+  Returns `metrics.segmentation_metrics` (scalars, 'IoU'/'ACC' dicts) plus
+  'info': {'dataset', 'num_images', 'eval_size'}.
+
+  Args:
+    text_fn: class names (list of synonym lists) -> text classifier dict.
+  """
+  from ovsnet_jax.input import pipeline  # pylint: disable=g-import-not-at-top
+  dataset = dataset or config.eval.dataset
+  reader = eval_reader(config, dataset) if reader is None else reader
+  names, seen = dataset_vocabulary(config, dataset, reader)
+  text = dict(text_fn(names))
+  text['seen'] = np.asarray(seen, bool)  # the ensemble's alpha (seen) / beta (unseen) choice
+  text = jax.device_put(text, NamedSharding(mesh, P()))
+  min_size, max_size = eval_sizes(config, dataset)
+  e = config.eval
+  ds = pipeline.eval_dataset(
+      reader, global_batch_size=e.batch_size, min_size=min_size, max_size=max_size,
+      size_divisibility=config.data.size_divisibility, pad_value=tuple(config.model.pixel_mean),
+      pad_mode=e.get('pad_mode', 'orientation'), label_bucket=e.get('label_bucket', 128),
+      label_canvas=tuple(e.get('label_canvas', (0, 0))), max_images=e.max_images,
+      num_workers=config.data.get('eval_num_workers', 0))
+  n = len(reader) if e.max_images <= 0 else min(e.max_images, len(reader))
+  step = make_eval_step(semantic_fn, len(names), e.get('class_chunk', 128))
+  conf = run_evaluation(step, params, text, ds, mesh, len(names), total=-(-n // e.batch_size),
+                        progress=progress)
+  res = metrics.segmentation_metrics(conf, [c[0] for c in names], seen if seen.any() and not seen.all() else None)
+  res['info'] = {'dataset': dataset, 'num_images': n, 'eval_size': [min_size, max_size]}
+  return res
+
+
+def ovsnet_semantic_fn(model: Any) -> Callable:
+  """`semantic_fn` of an OVSNet module (`inference.semantic_logits`; seen mask from text['seen'])."""
+  from ovsnet_jax import inference  # pylint: disable=g-import-not-at-top
+  return functools.partial(inference.semantic_logits, model)
+
+
+def checkpoint_step_dir(path: str) -> str:
+  """A training workdir, its `checkpoints/` or a `checkpoints/<step>` folder -> the step folder."""
+  if os.path.isdir(os.path.join(path, 'state')):
+    return path
+  if os.path.isdir(os.path.join(path, 'checkpoints')):
+    path = os.path.join(path, 'checkpoints')
+  steps = sorted(int(d) for d in os.listdir(path) if d.isdigit()) if os.path.isdir(path) else []
+  if not steps:
+    raise FileNotFoundError(f'{path}: no checkpoint found (expected <workdir>/checkpoints/<step>/state '
+                            'written by launch/train.py)')
+  return os.path.join(path, str(steps[-1]))
+
+
+def load_params(path: str) -> dict:
+  """OVSNet params of the latest checkpoint under `path` (see `checkpoint_step_dir`), on the host."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  state_dir = os.path.join(checkpoint_step_dir(os.path.abspath(path)), 'state')
+  with ocp.StandardCheckpointer() as ckptr:
+    state = ckptr.restore(state_dir)
+  if 'params' not in state:
+    raise ValueError(f'{state_dir}: expected a train state with "params", got keys {sorted(state)}')
+  return state['params']
+
+
+def evaluate_params(config, model: Any, params: Any, classify: Callable, mesh: Mesh) -> dict:
+  """The trainer's periodic evaluation on `config.eval.dataset`; scalars + per-class dicts."""
+  return evaluate_dataset(config, ovsnet_semantic_fn(model), params, classify, mesh,
+                          progress=jax.process_index() == 0)
+
+
+def format_table(results: dict, per_class: bool = False) -> str:
+  """Plain-text table of the summary figures (and per-class IoU)."""
+  keys = [k for k in ('mIoU', 'fwIoU', 'mACC', 'pACC', 'mIoU-seen', 'mIoU-unseen', 'hIoU') if k in results]
+  info = results.get('info', {})
+  lines = [f"{info.get('dataset', '')}: {info.get('num_images', '?')} images",
+           ' | '.join(f'{k:>11s}' for k in keys), ' | '.join(f'{results[k]:11.2f}' for k in keys)]
+  if per_class:
+    width = max(len(n) for n in results['IoU'])
+    lines += [f'{n:<{width}s}  IoU {v:6.2f}  ACC {results["ACC"][n]:6.2f}' for n, v in results['IoU'].items()]
+  return '\n'.join(lines)
+
+
+def _json_ready(x):
+  if isinstance(x, dict):
+    return {str(k): _json_ready(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_json_ready(v) for v in x]
+  if isinstance(x, (float, np.floating)):
+    return None if np.isnan(x) else float(x)
+  if isinstance(x, np.integer):
+    return int(x)
+  return x
+
+
+def write_results(results: dict, path: str) -> None:
+  """JSON with NaN (classes without ground truth) written as null."""
+  clean = _json_ready(results)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump(clean, f, indent=1, sort_keys=True)

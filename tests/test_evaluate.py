@@ -1,0 +1,162 @@
+"""Evaluator: postprocess parity with PyTorch, exact oracle models, JSON output."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from configs import smoke
+from ovsnet_jax import checkpointing, evaluate, metrics, sharding, train
+from ovsnet_jax.input import IGNORE_LABEL, layouts, shapes, transforms
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def torch_postprocess(scores, image_size, orig_size):
+  """detectron2 sem_seg_postprocess on (Hp, Wp, K) numpy scores -> (H, W, K)."""
+  t = torch.from_numpy(np.array(scores)).permute(2, 0, 1)[None]
+  t = t[:, :, :image_size[0], :image_size[1]]
+  t = F.interpolate(t, size=tuple(orig_size), mode='bilinear', align_corners=False)
+  return t[0].permute(1, 2, 0).numpy()
+
+
+@pytest.mark.parametrize('image_size,orig_size', [((40, 60), (30, 45)), ((24, 30), (50, 61)),
+                                                    ((64, 33), (64, 33)), ((7, 64), (20, 3))])
+def test_resize_to_original_matches_sem_seg_postprocess(image_size, orig_size):
+  scores = np.random.default_rng(0).normal(size=(64, 64, 5)).astype(np.float32)
+  ref = torch_postprocess(scores, image_size, orig_size)
+  out = evaluate.resize_to_original(jnp.asarray(scores), jnp.asarray(image_size), jnp.asarray(orig_size),
+                                    (64, 72))
+  np.testing.assert_allclose(np.asarray(out)[:orig_size[0], :orig_size[1]], ref, atol=2e-6)
+
+
+def test_predict_labels_chunked_argmax_matches_torch():
+  rng = np.random.default_rng(1)
+  scores = rng.normal(size=(2, 32, 64, 11)).astype(np.float32)
+  image_size, orig_size = np.array([[30, 60], [32, 20]]), np.array([[45, 90], [16, 10]])
+  for chunk in (3, 11, 64):
+    pred = np.asarray(jax.jit(evaluate.predict_labels, static_argnums=(3, 4))(
+        scores, image_size, orig_size, (48, 96), chunk))
+    for b in range(2):
+      ref = torch_postprocess(scores[b], image_size[b], orig_size[b]).argmax(-1)
+      np.testing.assert_array_equal(pred[b, :orig_size[b][0], :orig_size[b][1]], ref)
+
+
+class OracleReader:
+  """Shapes val (semantic) whose image channel 0 holds the label + 1 (an exactly readable image)."""
+
+  def __init__(self, n):
+    self.ds = shapes.ShapesSemantic(shapes.ShapesPanoptic('val', n, 64))
+    self.class_names = self.ds.class_names
+
+  def __len__(self):
+    return len(self.ds)
+
+  def __getitem__(self, i):
+    ex = self.ds[i]
+    image = np.repeat((ex['sem_seg'] + 1).astype(np.uint8)[..., None], 3, -1)
+    return {'image': image, 'sem_seg': ex['sem_seg'], 'file_name': ex['file_name']}
+
+
+def oracle_fn(shift):
+  def semantic_fn(params, images, text):  # (B, Hp, Wp, 3) -> (B, Hp, Wp, K)
+    k = text['embeds'].shape[0]
+    label = (images[..., 0].astype(jnp.int32) - 1 + shift) % k
+    return jax.nn.one_hot(label, k) * params
+  return semantic_fn
+
+
+def _config():
+  c = smoke.get_config()
+  c.eval.batch_size, c.eval.max_images = 2, 5
+  return c
+
+
+def text_fn(names):
+  return {'embeds': np.zeros((len(names), 1, 4), np.float32), 'valid': np.ones((len(names), 1), bool)}
+
+
+def test_exact_model_gives_100_and_wrong_model_gives_0(tmp_path):
+  config, mesh = _config(), sharding.make_mesh(jax.devices()[:1])
+  reader = OracleReader(7)
+  res = evaluate.evaluate_dataset(config, oracle_fn(0), jnp.float32(1.0), text_fn, mesh,
+                                  reader=reader, progress=False)
+  assert res['info'] == {'dataset': 'shapes', 'num_images': 5, 'eval_size': [64, 64]}
+  for key in ('mIoU', 'pACC', 'mACC', 'fwIoU'):
+    assert res[key] == pytest.approx(100.0), key
+  assert set(res) >= {'mIoU-seen', 'mIoU-unseen', 'hIoU'}
+  wrong = evaluate.evaluate_dataset(config, oracle_fn(1), jnp.float32(1.0), text_fn, mesh,
+                                    reader=reader, progress=False)
+  assert wrong['mIoU'] == 0.0 and wrong['pACC'] == 0.0
+  path = tmp_path / 'out' / 'res.json'
+  evaluate.write_results(res, str(path))
+  loaded = json.loads(path.read_text())
+  assert loaded['mIoU'] == pytest.approx(100.0)
+  absent = [n for n, v in res['IoU'].items() if np.isnan(v)]
+  assert all(loaded['IoU'][n] is None for n in absent)
+  table = evaluate.format_table(res, per_class=True)
+  assert 'mIoU' in table and 'circle' in table
+
+
+def test_resized_evaluation_matches_the_reference_path():
+  config, mesh = _config(), sharding.make_mesh(jax.devices()[:1])
+  config.data.eval_min_size, config.data.eval_max_size = 96, 200  # 64 -> 96: a real resize
+  reader = OracleReader(3)
+  res = evaluate.evaluate_dataset(config, oracle_fn(0), jnp.float32(1.0), text_fn, mesh,
+                                  reader=reader, progress=False)
+  # The oracle reads a bilinearly resized label image back: exact away from class boundaries.
+  assert 90.0 < res['pACC'] < 100.0
+  # Reference: detectron2's path in NumPy/PyTorch, image by image.
+  k = len(reader.class_names)
+  conf = np.zeros((k, k), np.int64)
+  for i in range(3):
+    ex = transforms.eval_resize(reader[i]['image'], reader[i]['sem_seg'], min_size=96, max_size=200,
+                                pad_value=config.model.pixel_mean)
+    scores = np.asarray(oracle_fn(0)(1.0, jnp.asarray(ex['image'][None]), text_fn(reader.class_names)))[0]
+    pred = torch_postprocess(scores, ex['image_size'], ex['orig_size']).argmax(-1)
+    gt = ex['sem_seg']
+    keep = gt != IGNORE_LABEL
+    conf += np.bincount(gt[keep] * k + pred[keep], minlength=k * k).reshape(k, k)
+  ref = metrics.segmentation_metrics(conf)
+  assert res['pACC'] == pytest.approx(ref['pACC'], rel=1e-12)
+  assert res['mIoU'] == pytest.approx(ref['mIoU'], rel=1e-12)
+
+
+def test_launch_eval_end_to_end_on_ade150_layout(tmp_path, tiny_clip_dir):
+  """launch/eval.py on a generated ADE20K-150 layout with a tiny random OVSNet (the path, not the numbers)."""
+  d2, out = tmp_path / 'd2', tmp_path / 'res.json'
+  layouts.write_ade150(str(d2), num_images=3, size=(40, 56))
+  cmd = [sys.executable, 'launch/eval.py', '--config=configs/smoke.py', f'--clip={tiny_clip_dir}',
+         '--dataset=ade150', f'--data_root={d2}', '--max_images=2', f'--out={out}', '--per_class',
+         '--config.eval.batch_size=1', '--config.data.eval_size_from_dataset=False',
+         '--config.data.eval_min_size=64', '--config.data.eval_max_size=96']
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
+                        env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'mIoU' in proc.stdout and 'wall' in proc.stdout  # summary + per-class rows ('wall' = ADE class 0)
+  res = json.loads(out.read_text())
+  assert res['info'] == {'dataset': 'ade150', 'num_images': 2, 'eval_size': [64, 96]}
+  assert len(res['IoU']) == 150 and 0.0 <= res['mIoU'] <= 100.0
+
+
+def test_load_params_reads_the_trainers_checkpoints(tmp_path):
+  params = {'class_head': {'kernel': np.arange(6, dtype=np.float32).reshape(2, 3)}, 'logit_scale': np.float32(2.5)}
+  state = train.TrainState(step=jnp.int32(7), params=params, opt_state={'mu': np.zeros(3, np.float32)})
+  ckpt = checkpointing.Checkpointer(str(tmp_path / 'checkpoints'), every=1, keep=2, async_save=False)
+  ckpt.save(3, state, jax.random.PRNGKey(0), {'next_index': 4}, force=True)
+  ckpt.save(7, state.replace(params={**params, 'logit_scale': np.float32(3.5)}), jax.random.PRNGKey(0),
+            None, force=True)
+  ckpt.close()
+  for path in (tmp_path, tmp_path / 'checkpoints', tmp_path / 'checkpoints' / '7'):
+    loaded = evaluate.load_params(str(path))
+    np.testing.assert_array_equal(loaded['class_head']['kernel'], params['class_head']['kernel'])
+    assert float(loaded['logit_scale']) == 3.5  # the latest step
+  assert float(evaluate.load_params(str(tmp_path / 'checkpoints' / '3'))['logit_scale']) == 2.5
+  with pytest.raises(FileNotFoundError, match=f'{tmp_path / "empty"}: no checkpoint found'):
+    evaluate.load_params(str(tmp_path / 'empty'))
