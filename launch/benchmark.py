@@ -13,7 +13,10 @@ Each mode lives in ovsnet_jax/benchmarks/<mode>.py and prints a JSON line of fig
 import argparse
 import importlib
 import json
+import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `configs` importable
 
 MODES = ('trunk', 'deform', 'inference', 'train', 'pipeline')
 

@@ -26,8 +26,7 @@ from ovsnet_jax.models import layers
 FUSIONS = ('self_attn', 'cross_attn')
 
 
-def _l2n(x):
-  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True), 1e-24))  # finite grad at 0
+_l2n = layers.l2_normalize
 
 
 class FusionLayer(nn.Module):

@@ -39,6 +39,8 @@ import logging
 import jax
 import jax.numpy as jnp
 
+from ovsnet_jax.models import layers
+
 HIGHEST = jax.lax.Precision.HIGHEST
 NORMS = ('softmax', 'l1', 'none')
 AFFINITIES = ('query', 'channel')
@@ -54,9 +56,7 @@ def _t(x):
   return jnp.swapaxes(x, -1, -2)
 
 
-def _l2n(x):
-  """x / max(||x||, 1e-12) with a finite gradient at x = 0 (jnp.linalg.norm's is NaN there)."""
-  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True), 1e-24))
+_l2n = layers.l2_normalize
 
 
 def normalize_affinity(z: jax.Array, norm: str) -> jax.Array:

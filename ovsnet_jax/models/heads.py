@@ -70,8 +70,7 @@ def clip_embeddings(clip_visual: nn.Module, res5: jax.Array, pred_masks: jax.Arr
   return jax.lax.stop_gradient(clip_visual.head(pooled).astype(jnp.float32))
 
 
-def l2_normalize(x: jax.Array) -> jax.Array:
-  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True), 1e-24))  # finite grad at 0
+l2_normalize = layers.l2_normalize
 
 
 def classify_with_void(embeds: jax.Array, text: dict, logit_scale: jax.Array, void: jax.Array) -> jax.Array:

@@ -151,3 +151,8 @@ class ConvNorm(nn.Module):
     if self.relu:
       x = nn.relu(x)
     return x
+
+
+def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
+  """x / max(||x||, 1e-12) along `axis`, with a finite gradient at x = 0 (jnp.linalg.norm's is NaN there)."""
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=axis, keepdims=True), 1e-24))

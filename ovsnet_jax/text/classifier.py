@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ovsnet_jax.models import layers
 from ovsnet_jax.text import templates as templates_lib
 from ovsnet_jax.text import tokenizer as tokenizer_lib
 
@@ -218,7 +219,7 @@ def synonym_max_logits(feats: jax.Array, text: Dict[str, jax.Array],
   Returns:
     (..., K) logits: scale * max over valid synonyms s of cos(feats, embeds[k, s]).
   """
-  feats = feats / jnp.maximum(jnp.linalg.norm(feats, axis=-1, keepdims=True), EPS)
+  feats = layers.l2_normalize(feats)  # finite gradient for an all-zero feature
   scale = jnp.minimum(jnp.exp(logit_scale), 100.0)
   sims = jnp.einsum('...d,ksd->...ks', feats, jnp.asarray(text['embeds'], feats.dtype))  # (..., K, S)
   sims = jnp.where(jnp.asarray(text['valid']), sims, -jnp.inf)
