@@ -1,0 +1,249 @@
+"""Training: the pure train step and the `train_and_evaluate(config, workdir)` loop.
+
+The loop builds the mesh, the text classifier of the training vocabulary, the model and the
+input pipeline; resumes from `<workdir>/checkpoints` when a checkpoint is there; jits the step
+once with shardings and donation; logs every loss term, the learning rate, `l2_grads`,
+`l2_params`, img/s and the ETA (tqdm on the console, TensorBoard files via tensorboardX under
+`<workdir>/tensorboard`); checkpoints and evaluates periodically.
+"""
+import os
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import struct
+
+from ovsnet_jax import losses
+from ovsnet_jax import optim
+
+
+class TrainState(struct.PyTreeNode):
+  """What a step updates: step counter (int32 ()), the full OVSNet params, optimizer state."""
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def create_train_state(params: Any, cfg: ml_collections.ConfigDict) -> TrainState:
+  """A step-0 state for `params` with the optimizer of `cfg.train`."""
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=optim.make_optimizer(cfg.train).init(params))
+
+
+def split_frozen(params: dict) -> tuple[dict, dict]:
+  """(trainable, frozen) top-level subtrees of the OVSNet params (`optim.FROZEN_KEYS` frozen)."""
+  trainable = {k: v for k, v in params.items() if k not in optim.FROZEN_KEYS}
+  frozen = {k: v for k, v in params.items() if k in optim.FROZEN_KEYS}
+  return trainable, frozen
+
+
+def l2_norm(tree: Any) -> jax.Array:
+  """Global L2 norm of a pytree, float32 ()."""
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
+def loss_and_metrics(params: dict, batch: dict, rng: jax.Array, *, model: nn.Module, text: dict,
+                     cfg: ml_collections.ConfigDict) -> tuple[jax.Array, dict]:
+  """OVSNet forward on `batch['image']` (B, H, W, 3) then the training criterion."""
+  model_rng, loss_rng = jax.random.split(rng)
+  _, out = model.apply({'params': params}, batch['image'], text, train=True, rngs={'dropout': model_rng})
+  return losses.total_loss(out, batch, text, loss_rng, cfg.train)
+
+
+def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: nn.Module, text: dict,
+               cfg: ml_collections.ConfigDict) -> tuple[TrainState, dict]:
+  """One optimizer step, pure.
+
+  Args:
+    state: the current `TrainState`.
+    batch: {'image' (B, H, W, 3) float 0..255, 'masks' bool (B, M, H, W), 'classes' int32 (B, M),
+      'valid' bool (B, M)}.
+    rng: the run's base key; this step uses `fold_in(rng, state.step)`.
+    model: the OVSNet module.
+    text: the TextClassifier dict of the training vocabulary.
+    cfg: the full config (`cfg.train` for losses and optimizer).
+
+  Returns:
+    (new state, metrics): every loss term of the criterion, `loss`, `lr`, `l2_grads` (before
+    clipping) and `l2_params` over the trainable params.
+  """
+  rng = jax.random.fold_in(rng, state.step)
+  trainable, frozen = split_frozen(state.params)
+
+  def loss_fn(trainable):
+    return loss_and_metrics({**trainable, **frozen}, batch, rng, model=model, text=text, cfg=cfg)
+
+  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+  # The frozen CLIP is not differentiated; `set_to_zero` ignores these values.
+  full_grads = {**grads, **jax.tree.map(jnp.zeros_like, frozen)}
+  tx = optim.make_optimizer(cfg.train)
+  updates, opt_state = tx.update(full_grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {**metrics, 'loss': loss, 'lr': optim.learning_rate_schedule(cfg.train)(state.step),
+             'l2_grads': l2_norm(grads), 'l2_params': l2_norm(split_frozen(params)[0])}
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def make_step_fn(model: nn.Module, cfg: ml_collections.ConfigDict):
+  """`(state, batch, rng, text) -> (state, metrics)`: text is an argument, not a baked constant."""
+  def step(state, batch, rng, text):
+    return train_step(state, batch, rng, model=model, text=text, cfg=cfg)
+  return step
+
+
+# ----------------------------------------------------------------------------------------------
+# The training loop.
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises a ValueError naming the first bad field of the training config."""
+  t = config.train
+  positive = {'batch_size': t.batch_size, 'num_steps': t.num_steps, 'log_every': t.log_every,
+              'checkpoint_every': t.checkpoint_every, 'eval_every': t.eval_every, 'lr': t.lr}
+  for name, value in positive.items():
+    if not value > 0:
+      raise ValueError(f'config.train.{name} must be > 0, got {value!r}')
+  if not 0 <= t.warmup_steps <= t.num_steps:
+    raise ValueError(f'config.train.warmup_steps must be in [0, num_steps={t.num_steps}], got {t.warmup_steps}')
+  if t.weight_decay < 0 or t.grad_clip < 0:
+    raise ValueError(f'config.train.weight_decay and grad_clip must be >= 0, got {t.weight_decay}, {t.grad_clip}')
+  if not 0 <= t.stop_at_step <= t.num_steps:
+    raise ValueError(f'config.train.stop_at_step must be in [0, num_steps={t.num_steps}] (0 = num_steps), '
+                     f'got {t.stop_at_step}')
+
+
+def _reader(config: ml_collections.ConfigDict, name: str, split: str, semantic: bool):
+  from ovsnet_jax.input import pipeline  # pylint: disable=g-import-not-at-top
+  kwargs = dict(config.data.get('shapes', {})) if name == 'shapes' else {}
+  return pipeline.make_reader(name, config.data.root, split, semantic=semantic, **kwargs)
+
+
+def load_clip(config: ml_collections.ConfigDict) -> tuple[str, dict]:
+  """(variant, CLIP params {'visual', 'text', 'logit_scale'}) from `config.clip_checkpoint`, or random.
+
+  Random init (no checkpoint) uses `config.model.clip_variant` and `config.seed`: the smoke run and
+  tests train a tiny OVSNet on a random CLIP.
+  """
+  from ovsnet_jax.models import clip  # pylint: disable=g-import-not-at-top
+  if config.clip_checkpoint:
+    from ovsnet_jax.convert import open_clip as convert_open_clip  # pylint: disable=g-import-not-at-top
+    variant, params = convert_open_clip.load_clip_checkpoint(config.clip_checkpoint)
+    if variant != config.model.clip_variant:
+      raise ValueError(f'config.model.clip_variant={config.model.clip_variant!r} but '
+                       f'{config.clip_checkpoint} holds {variant!r}')
+    return variant, params
+  variant = config.model.clip_variant
+  return variant, clip.init_params(variant, jax.random.PRNGKey(config.seed + 1))
+
+
+def text_classifier(config: ml_collections.ConfigDict, clip_params: dict, cache_dir: str):
+  """The TextClassifier of the run's CLIP (checkpoint or random init, cached in `cache_dir`)."""
+  from ovsnet_jax.models import clip_text  # pylint: disable=g-import-not-at-top
+  from ovsnet_jax.text import classifier  # pylint: disable=g-import-not-at-top
+  if config.clip_checkpoint:
+    return classifier.TextClassifier.from_checkpoint(config.clip_checkpoint, cache_dir=cache_dir)
+  model = clip_text.CLIPText(config.model.clip_variant)
+  encode = jax.jit(lambda tokens: model.apply({'params': clip_params['text']}, tokens))
+  return classifier.TextClassifier(lambda tokens: jax.device_get(encode(tokens)), cache_dir=cache_dir,
+                                   cache_id=f'random-init:{config.model.clip_variant}:seed{config.seed + 1}')
+
+
+def _is_number(v: Any) -> bool:
+  return isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+
+
+def _log_scalars(writer, step: int, scalars: dict) -> None:
+  if writer is not None:
+    for name, value in scalars.items():
+      writer.add_scalar(name, float(value), step)
+    writer.flush()
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (resuming from `<workdir>/checkpoints`), logs, checkpoints and evaluates.
+
+  Returns:
+    {'step': last step, 'train': last logged metrics, 'eval': last evaluation results}.
+  """
+  from ovsnet_jax import checkpointing, evaluate, sharding  # pylint: disable=g-import-not-at-top
+  from ovsnet_jax.input import pipeline  # pylint: disable=g-import-not-at-top
+  from ovsnet_jax.models import ovsnet  # pylint: disable=g-import-not-at-top
+  import tensorboardX  # pylint: disable=g-import-not-at-top
+  import tqdm  # pylint: disable=g-import-not-at-top
+
+  check_config(config)
+  sharding.initialize_distributed(config.train)
+  t, main = config.train, jax.process_index() == 0
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size(t.batch_size, mesh)
+  rep = sharding.replicated(mesh)
+
+  reader = _reader(config, config.data.train, 'train', semantic=False)
+  train_ds = pipeline.train_dataset(
+      reader, global_batch_size=t.batch_size, crop_size=config.data.crop_size,
+      scale_range=tuple(config.data.scale_range), max_masks=config.data.max_masks, seed=config.seed,
+      num_workers=config.data.num_workers)
+  data_iter = iter(train_ds)
+  _, clip_params = load_clip(config)
+  classify = text_classifier(config, clip_params, config.text.cache_dir or os.path.join(workdir, 'text_cache'))
+  text = jax.device_put(classify(evaluate.dataset_vocabulary(config, config.data.train, reader)[0]), rep)
+
+  model = ovsnet.build_model(config)
+  init_rng, rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  init_fn = lambda key, clip: create_train_state(ovsnet.init_params(config, key, clip), config)
+  abstract = jax.eval_shape(init_fn, init_rng, clip_params)
+  state_sh = sharding.state_shardings(abstract, mesh, t.shard_optimizer_state)
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), every=t.checkpoint_every,
+                                    keep=t.keep_checkpoints, async_save=t.async_checkpointing)
+  with_sharding = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
+  restored = ckpt.restore(jax.tree.map(with_sharding, abstract, state_sh), with_sharding(rng, rep))
+  if restored is None:
+    state = jax.jit(init_fn, out_shardings=state_sh)(init_rng, clip_params)
+  else:
+    state, rng = restored.state, restored.rng
+    if restored.data_state is not None:
+      data_iter.set_state(restored.data_state)
+    if main:
+      print(f'Resumed from {ckpt.directory} at step {restored.step}', flush=True)
+  del clip_params
+
+  step_fn = sharding.jit_train_step(make_step_fn(model, config), state_sh, mesh)
+  start, stop = int(jax.device_get(state.step)), t.stop_at_step or t.num_steps
+  writer = tensorboardX.SummaryWriter(t.log_dir or os.path.join(workdir, 'tensorboard')) if main else None
+  bar = tqdm.tqdm(total=t.num_steps, initial=start, disable=not main, desc='train', dynamic_ncols=True)
+  result = {'step': start, 'train': {}, 'eval': {}}
+  tick, tick_step = time.perf_counter(), start
+  for step in range(start, stop):
+    batch = pipeline.to_device_batch(next(data_iter), mesh)
+    state, metrics = step_fn(state, batch, rng, text)
+    done = step + 1
+    if step == start:  # the first step compiles: keep it out of img/s
+      jax.block_until_ready(metrics)
+      _log_scalars(writer, done, {'perf/compile_and_first_step_s': time.perf_counter() - tick})
+      tick, tick_step = time.perf_counter(), done
+    elif done % t.log_every == 0 or done == stop:
+      metrics = jax.device_get(metrics)
+      elapsed = time.perf_counter() - tick
+      sec_per_step = elapsed / max(done - tick_step, 1)
+      perf = {'perf/img_per_s': t.batch_size / sec_per_step, 'perf/eta_min': (t.num_steps - done) * sec_per_step / 60}
+      _log_scalars(writer, done, {**{f'train/{k}': v for k, v in metrics.items()}, **perf})
+      bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.2e}", img_s=f"{perf['perf/img_per_s']:.1f}")
+      result['train'] = {k: float(v) for k, v in metrics.items()}
+      tick, tick_step = time.perf_counter(), done
+    bar.update(1)
+    ckpt.save(done, state, rng, data_iter.get_state(), force=done == stop)
+    if done % t.eval_every == 0:
+      result['eval'] = evaluate.evaluate_params(config, model, state.params, classify, mesh)
+      scalars = {k: float(v) for k, v in result['eval'].items() if _is_number(v)}
+      _log_scalars(writer, done, {f'eval/{k}': v for k, v in scalars.items()})
+      bar.write(f'step {done}: {config.eval.dataset} ' + ', '.join(f'{k} {v:.2f}' for k, v in scalars.items()))
+    result['step'] = done
+  bar.close()
+  ckpt.close()
+  if writer is not None:
+    writer.close()
+  return result
