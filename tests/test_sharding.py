@@ -49,13 +49,17 @@ def run_worker(out_path: str) -> dict:
   model = ovsnet.build_model(config)
   init_fn = lambda: train.create_train_state(ovsnet.init_params(config, jax.random.PRNGKey(0), clip_params), config)
   state_sh = sharding.state_shardings(jax.eval_shape(init_fn), mesh, config.train.shard_optimizer_state)
-  state = jax.jit(init_fn, out_shardings=state_sh)()
+  # Every program is finished before the next one starts: with several processes on CPU, gloo runs
+  # the collectives of programs that are in flight at once in an order that can differ between
+  # processes ("distributed collective mismatch").
+  state = jax.block_until_ready(jax.jit(init_fn, out_shardings=state_sh)())
   rng = jax.random.PRNGKey(1)
 
   host = global_host_batch(config)
   n = sharding.check_batch_size(config.train.batch_size, mesh)
   index = jax.process_index()
   batch = pipeline.to_device_batch({k: v[index * n:(index + 1) * n] for k, v in host.items()}, mesh)
+  batch, text = jax.block_until_ready((batch, text))
 
   def grads_fn(state, batch, rng, text):
     trainable, frozen = train.split_frozen(state.params)
@@ -64,13 +68,11 @@ def run_worker(out_path: str) -> dict:
     return jax.value_and_grad(loss_fn)(trainable)
 
   loss0, grads = jax.jit(grads_fn, out_shardings=rep)(state, batch, rng, text)
-  # Finish before the next program: with several processes on CPU, gloo runs the collectives of
-  # programs that are in flight at once in an order that can differ between processes.
   jax.block_until_ready((loss0, grads))
   step = sharding.jit_train_step(train.make_step_fn(model, config), state_sh, mesh)
   losses = []
   for _ in range(NUM_STEPS):
-    state, metrics = step(state, batch, rng, text)
+    state, metrics = jax.block_until_ready(step(state, batch, rng, text))
     losses.append(float(metrics['loss']))
   flat = lambda tree: {jax.tree_util.keystr(p): np.asarray(jax.device_get(x))
                        for p, x in jax.tree_util.tree_leaves_with_path(tree)}
