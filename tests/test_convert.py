@@ -12,9 +12,9 @@ from ovsnet_jax.convert import open_clip as convert
 from ovsnet_jax.models import clip
 from ovsnet_jax.models import clip_text
 
-open_clip = pytest.importorskip('open_clip')
-torch = pytest.importorskip('torch')
-safetensors_torch = pytest.importorskip('safetensors.torch')
+import open_clip  # noqa: E402  (test extra: a missing install fails, never skips)
+import torch  # noqa: E402
+import safetensors.torch as safetensors_torch  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
