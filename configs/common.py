@@ -68,7 +68,10 @@ def get_model_config(clip_variant: str = 'convnext_base_w_320') -> ml_collection
   m.attn_fusion.mlp_ratio = 2
   m.attn_fusion.num_layers = 1
 
-  # Inference ensemble (FC-CLIP).
+  # Inference ensemble (FC-CLIP): in-vocabulary logits (of the classified embedding, F_C^inf with
+  # GFA) geometrically averaged with the frozen CLIP's out-of-vocabulary logits of F_C^0.
+  # [UNVERIFIED] for GFA models: the paper does not say whether OVSNet keeps FC-CLIP's ensemble on
+  # top of GFA; it is kept by default (the FC-CLIP code OVSNet builds on), enabled=False drops it.
   m.ensemble = ml_collections.ConfigDict()
   m.ensemble.enabled = True
   m.ensemble.alpha = 0.4  # seen classes
@@ -103,6 +106,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.prefetch = 4  # element-prefetch buffer per process (grain's default 500)
   # Paper: "colour augmentation"; FC-CLIP's LSJ has none -> Mask2Former's ColorAugSSD (transforms.py).
   c.data.color_aug = True
+  # FC-CLIP's coco_panoptic_new_baseline_dataset_mapper keeps every non-crowd segment after LSJ, even
+  # one cropped away (empty mask): it is still matched, counted in num_masks and classified.
+  # False: drop targets left without pixels (the previous behaviour here).
+  c.data.keep_cropped_segments = True
   c.data.eval_min_size = 800
   c.data.eval_max_size = 1333
   # True: the eval dataset's own FC-CLIP test size (datasets.DATASETS[...].test_size, e.g. Cityscapes
@@ -117,9 +124,17 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.train.lr = 1e-4
   c.train.weight_decay = 0.05
   c.train.warmup_steps = 10
-  c.train.warmup_factor = 0.001  # detectron2 WarmupPolyLR: lr ramps linearly from 0.001 * lr.
+  # FC-CLIP / Mask2Former COCO: WARMUP_FACTOR 1.0 (WARMUP_ITERS 10), i.e. no warmup at all.
+  # < 1 ramps linearly from warmup_factor * lr over warmup_steps (detectron2 WarmupPolyLR; was 0.001).
+  c.train.warmup_factor = 1.0
   c.train.poly_power = 0.9
   c.train.grad_clip = 0.01
+  # Parameters without weight decay. 'fcclip' (FC-CLIP train_net.py build_optimizer): only
+  # normalisation scales/offsets (LayerNorm, GroupNorm) and nn.Embedding tables (decoder
+  # query_feat, query_embed, level_embed; void_embedding); biases, the logit scale, the
+  # sampling-offset biases and the pixel decoder's level_embed (an nn.Parameter) are decayed.
+  # 'all_1d': also every bias / scalar (ndim <= 1) and the pixel decoder's level_embed.
+  c.train.no_decay = 'fcclip'
   c.train.class_weight = 2.0
   c.train.mask_weight = 5.0
   c.train.dice_weight = 5.0
@@ -135,11 +150,14 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.train.proxy_calibration.synonyms = 'mean'  # [UNVERIFIED] F_T: 'mean' of synonyms | 'first'.
   c.train.proxy_calibration.alpha_per_pair = True  # [UNVERIFIED] alpha per pair or per batch.
   c.train.proxy_calibration.all_layers = False  # [UNVERIFIED] PC on the last layer only.
-  # [UNVERIFIED] Model outputs mixed as F_Q and F_C. The raw mask-pooled CLIP feature
-  # ('clip_embeds') gets no gradient (frozen CLIP, binarised detached masks), so L_PC on it
-  # trains nothing; the default takes F_C after aggregation (GFA's F_C^inf = 'fused_embeds').
-  c.train.proxy_calibration.query_source = 'query_embeds'
-  c.train.proxy_calibration.clip_source = 'fused_embeds'
+  # Model outputs mixed as F_Q and F_C (section 4.3: "having the aggregated query embeddings").
+  # 'fused_query' / 'fused_clip' are the aggregated embeddings: GFA's F_Q^inf / F_C^inf; with an
+  # attention fusion the fused (classified) embedding / F_C^0; without fusion (Table 3's "+PC"
+  # row) F_Q and the raw mask-pooled CLIP feature F_C^0, so there L_PC is logged but carries no
+  # gradient (frozen CLIP, detached binarised masks) and only L_PQ trains. [UNVERIFIED] the +PC
+  # row's F_C. Also: 'query_embeds' (F_Q^0), 'clip_embeds' (F_C^0), 'fused_embeds' (classified).
+  c.train.proxy_calibration.query_source = 'fused_query'
+  c.train.proxy_calibration.clip_source = 'fused_clip'
   c.train.log_every = 20
   c.train.checkpoint_every = 5000
   c.train.keep_checkpoints = 3
@@ -158,10 +176,16 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval.dataset = 'ade150'
   c.eval.batch_size = 1
   c.eval.max_images = 0  # 0 -> all
-  # Image padding: 'multiple' (each batch to a multiple of 32, detectron2 at batch 1; one compile per
-  # shape), 'orientation' (landscape or portrait canvas: two compiles), 'fixed' (square canvas and
-  # label_canvas; required with several hosts).
-  c.eval.pad_mode = 'orientation'
+  # Test-time precision of the model (trunk and decoder matmuls), independent of model.compute_dtype:
+  # FC-CLIP / detectron2 evaluate in float32 (no autocast); bfloat16 moves the out-of-vocabulary
+  # logits (scaled by 100) that unseen classes depend on. 'bfloat16' is the faster option.
+  c.eval.compute_dtype = 'float32'
+  # Image padding: 'multiple' (FC-CLIP / detectron2: each batch to its largest image rounded up to a
+  # multiple of 32; one compile per shape, kept across runs by the launchers' persistent compilation
+  # cache, see ovsnet_jax/compilation_cache.py), 'orientation' (landscape or portrait canvas: two
+  # compiles, faster; the padding changes the model's input, hence its output), 'fixed' (square
+  # canvas and label_canvas; required with several hosts).
+  c.eval.pad_mode = 'multiple'
   c.eval.label_bucket = 128  # original-size labels padded (ignore) to a multiple of this
   c.eval.label_canvas = (0, 0)  # pad_mode='fixed': (H, W) >= every original label size
   c.eval.class_chunk = 128  # classes resized to the original size at a time (memory bound)

@@ -8,8 +8,13 @@ detectron2's current formula (`metrics.segmentation_metrics`).
 
 `semantic_fn(params, images (B, Hp, Wp, 3) 0..255, text) -> (B, Hp, Wp, K)` scores at padded input
 resolution is the model-side piece (`ovsnet_jax.inference.semantic_logits` for OVSNet).
+
+Test-time precision and padding (`config.eval`): the model runs in `eval.compute_dtype` (float32,
+as detectron2's evaluation, whatever `model.compute_dtype` training used) and each batch is padded
+to its largest image rounded up to a multiple of 32 (`eval.pad_mode='multiple'`); the canvases of
+'orientation' / 'fixed' are faster options that change the model's input (more padding).
 """
-import functools
+import dataclasses
 import json
 import os
 from typing import Any, Callable, Iterable, Optional, Sequence
@@ -165,6 +170,7 @@ def evaluate_dataset(config, semantic_fn: Callable, params: Any, text_fn: Callab
   """
   from ovsnet_jax.input import pipeline  # pylint: disable=g-import-not-at-top
   dataset = dataset or config.eval.dataset
+  semantic_fn = with_eval_precision(semantic_fn, config)
   reader = eval_reader(config, dataset) if reader is None else reader
   names, seen = dataset_vocabulary(config, dataset, reader)
   text = dict(text_fn(names))
@@ -175,7 +181,7 @@ def evaluate_dataset(config, semantic_fn: Callable, params: Any, text_fn: Callab
   ds = pipeline.eval_dataset(
       reader, global_batch_size=e.batch_size, min_size=min_size, max_size=max_size,
       size_divisibility=config.data.size_divisibility, pad_value=tuple(config.model.pixel_mean),
-      pad_mode=e.get('pad_mode', 'orientation'), label_bucket=e.get('label_bucket', 128),
+      pad_mode=e.get('pad_mode', 'multiple'), label_bucket=e.get('label_bucket', 128),
       label_canvas=tuple(e.get('label_canvas', (0, 0))), max_images=e.max_images,
       num_workers=config.data.get('eval_num_workers', 0))
   n = len(reader) if e.max_images <= 0 else min(e.max_images, len(reader))
@@ -187,10 +193,37 @@ def evaluate_dataset(config, semantic_fn: Callable, params: Any, text_fn: Callab
   return res
 
 
-def ovsnet_semantic_fn(model: Any) -> Callable:
+EVAL_DTYPES = ('float32', 'bfloat16', 'float16')
+
+
+@dataclasses.dataclass(frozen=True)
+class OVSNetSemanticFn:
   """`semantic_fn` of an OVSNet module (`inference.semantic_logits`; seen mask from text['seen'])."""
-  from ovsnet_jax import inference  # pylint: disable=g-import-not-at-top
-  return functools.partial(inference.semantic_logits, model)
+  model: Any
+
+  def __call__(self, params, images, text):
+    from ovsnet_jax import inference  # pylint: disable=g-import-not-at-top
+    return inference.semantic_logits(self.model, params, images, text)
+
+  def with_compute_dtype(self, dtype: str) -> 'OVSNetSemanticFn':
+    """The same model computing in `dtype` (params are unchanged: float32, cast per matmul)."""
+    import ml_collections  # pylint: disable=g-import-not-at-top
+    cfg = ml_collections.ConfigDict(self.model.config.as_configdict())
+    cfg.compute_dtype = dtype
+    return OVSNetSemanticFn(self.model.clone(config=ml_collections.FrozenConfigDict(cfg)))
+
+
+def ovsnet_semantic_fn(model: Any) -> OVSNetSemanticFn:
+  """`semantic_fn` of an OVSNet module; `evaluate_dataset` runs it in `config.eval.compute_dtype`."""
+  return OVSNetSemanticFn(model)
+
+
+def with_eval_precision(semantic_fn: Callable, config) -> Callable:
+  """`semantic_fn` in `config.eval.compute_dtype` when it is an OVSNet one (others are left as is)."""
+  dtype = config.eval.get('compute_dtype', 'float32')
+  if dtype not in EVAL_DTYPES:
+    raise ValueError(f'config.eval.compute_dtype: expected one of {EVAL_DTYPES}, got {dtype!r}')
+  return semantic_fn.with_compute_dtype(dtype) if isinstance(semantic_fn, OVSNetSemanticFn) else semantic_fn
 
 
 def checkpoint_step_dir(path: str) -> str:

@@ -183,10 +183,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   rep = sharding.replicated(mesh)
 
   reader = _reader(config, config.data.train, 'train', semantic=False)
-  train_ds = pipeline.train_dataset(
-      reader, global_batch_size=t.batch_size, crop_size=config.data.crop_size,
-      scale_range=tuple(config.data.scale_range), max_masks=config.data.max_masks, seed=config.seed,
-      num_workers=config.data.num_workers)
+  train_ds = pipeline.train_dataset_from_config(reader, config)  # every config.data field
   data_iter = iter(train_ds)
   _, clip_params = load_clip(config)
   classify = text_classifier(config, clip_params, config.text.cache_dir or os.path.join(workdir, 'text_cache'))

@@ -141,10 +141,13 @@ def _problem(seed, b=2, q=6, m=4, k=5, layers=3):
   return out, targets
 
 
-@pytest.mark.parametrize('seed', [0, 1])
-def test_criterion_matches_torch_reference(seed):
+@pytest.mark.parametrize('seed,empty', [(0, False), (1, True)])
+def test_criterion_matches_torch_reference(seed, empty):
+  """empty: valid targets with all-False masks (segments LSJ cropped away, kept as FC-CLIP does)."""
   cfg = _CFG
   out, targets = _problem(seed)
+  if empty:
+    targets['masks'][0, 1] = targets['masks'][1, 0] = False  # both valid
   jout = jax.tree.map(jnp.asarray, out)
   jtargets = jax.tree.map(jnp.asarray, targets)
   key = jax.random.PRNGKey(seed)
@@ -170,6 +173,8 @@ def test_criterion_matches_torch_reference(seed):
   np.testing.assert_allclose(loss, want_total, atol=1e-5, rtol=1e-5)
   np.testing.assert_allclose(metrics['loss_criterion'], want_total, atol=1e-5, rtol=1e-5)
   assert float(metrics['num_masks']) == num_masks
+  if empty:  # the empty targets are matched and counted like any other
+    assert (indices[:, 0, 1] >= 0).all() and (indices[:, 1, 0] >= 0).all() and num_masks == 4
 
 
 def test_set_criterion_is_jittable_and_differentiable():
@@ -203,3 +208,4 @@ def test_bad_targets_raise():
   targets['classes'] = targets['classes'][:, :2]
   with pytest.raises(ValueError, match=r'targets must be masks \(B, M, H, W\), classes \(B, M\)'):
     criterion.set_criterion(out, targets, jax.random.PRNGKey(0), _cfg())
+

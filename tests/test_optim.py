@@ -17,34 +17,80 @@ def _train_cfg(**kw):
 
 
 def _params():
-  """A param tree laid out like OVSNet's (docs/CONTRACTS.md), with a CLIP-only shape (5, 7, 3, 11)."""
+  """A param tree laid out like OVSNet's (module names as in the models), CLIP-only shape (5, 7, 3, 11)."""
   f = lambda *s: jnp.ones(s, jnp.float32)
   return {
       'clip_visual': {'stem': {'kernel': f(5, 7, 3, 11), 'bias': f(11)}},
       'clip_logit_scale': f(),
       'mask_decoder': {
-          'query_feat': {'embedding': f(4, 6)},
-          'query_embed': {'embedding': f(4, 6)},
-          'level_embed': {'embedding': f(3, 6)},
-          'layer_0': {'Dense_0': {'kernel': f(6, 6), 'bias': f(6)}, 'LayerNorm_0': {'scale': f(6), 'bias': f(6)}},
+          'query_feat': f(4, 6), 'query_embed': f(4, 6), 'level_embed': f(3, 6),
+          'layers_0': {'linear1': {'kernel': f(6, 6), 'bias': f(6)}, 'cross_norm': {'scale': f(6), 'bias': f(6)}},
       },
-      'pixel_decoder': {'GroupNorm_0': {'scale': f(6), 'bias': f(6)}, 'Conv_0': {'kernel': f(1, 1, 6, 6)}},
-      'void_embedding': f(1, 8),
+      'pixel_decoder': {
+          'level_embed': f(3, 6),
+          'encoder_layers_0': {'self_attn': {'sampling_offsets': {'kernel': f(6, 12), 'bias': f(12)}}},
+          'adapter_1': {'norm': {'scale': f(6), 'bias': f(6)}, 'conv': {'kernel': f(1, 1, 6, 6)}},
+      },
+      'void_embedding': f(8),
       'logit_scale': f(),
   }
 
 
-def test_param_labels_by_path_and_shape():
-  labels = optim.param_labels(_params())
-  flat = {optim.path_to_str(p): l for p, l in jax.tree_util.tree_leaves_with_path(labels)}
-  assert flat == {
-      'clip_visual/stem/kernel': 'frozen', 'clip_visual/stem/bias': 'frozen', 'clip_logit_scale': 'frozen',
-      'mask_decoder/query_feat/embedding': 'no_decay', 'mask_decoder/query_embed/embedding': 'no_decay',
-      'mask_decoder/level_embed/embedding': 'no_decay',
-      'mask_decoder/layer_0/Dense_0/kernel': 'decay', 'mask_decoder/layer_0/Dense_0/bias': 'no_decay',
-      'mask_decoder/layer_0/LayerNorm_0/scale': 'no_decay', 'mask_decoder/layer_0/LayerNorm_0/bias': 'no_decay',
-      'pixel_decoder/GroupNorm_0/scale': 'no_decay', 'pixel_decoder/GroupNorm_0/bias': 'no_decay',
-      'pixel_decoder/Conv_0/kernel': 'decay', 'void_embedding': 'no_decay', 'logit_scale': 'no_decay'}
+# FC-CLIP's build_optimizer: weight decay 0 for norm modules and nn.Embedding modules only.
+FCCLIP_LABELS = {
+    'clip_visual/stem/kernel': 'frozen', 'clip_visual/stem/bias': 'frozen', 'clip_logit_scale': 'frozen',
+    'mask_decoder/query_feat': 'no_decay', 'mask_decoder/query_embed': 'no_decay',
+    'mask_decoder/level_embed': 'no_decay',  # nn.Embedding in FC-CLIP's transformer decoder
+    'mask_decoder/layers_0/linear1/kernel': 'decay', 'mask_decoder/layers_0/linear1/bias': 'decay',
+    'mask_decoder/layers_0/cross_norm/scale': 'no_decay', 'mask_decoder/layers_0/cross_norm/bias': 'no_decay',
+    'pixel_decoder/level_embed': 'decay',  # nn.Parameter in FC-CLIP's MSDeformAttn encoder
+    'pixel_decoder/encoder_layers_0/self_attn/sampling_offsets/kernel': 'decay',
+    'pixel_decoder/encoder_layers_0/self_attn/sampling_offsets/bias': 'decay',
+    'pixel_decoder/adapter_1/norm/scale': 'no_decay', 'pixel_decoder/adapter_1/norm/bias': 'no_decay',
+    'pixel_decoder/adapter_1/conv/kernel': 'decay', 'void_embedding': 'no_decay', 'logit_scale': 'decay'}
+# The previous rule: every ndim <= 1 parameter and every embedding table undecayed.
+ALL_1D_CHANGES = {'mask_decoder/layers_0/linear1/bias': 'no_decay', 'pixel_decoder/level_embed': 'no_decay',
+                  'pixel_decoder/encoder_layers_0/self_attn/sampling_offsets/bias': 'no_decay',
+                  'logit_scale': 'no_decay'}
+
+
+def _flat(tree):
+  return {optim.path_to_str(p): x for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+@pytest.mark.parametrize('rule,expected', [('fcclip', FCCLIP_LABELS), ('all_1d', {**FCCLIP_LABELS, **ALL_1D_CHANGES})])
+def test_param_labels_by_rule(rule, expected):
+  assert _flat(optim.param_labels(_params(), rule)) == expected
+
+
+def test_fcclip_rule_on_the_real_param_tree():
+  """On OVSNet's own tree: no decay exactly for norm params and the decoder's / void embedding tables."""
+  from configs import smoke  # pylint: disable=g-import-not-at-top
+  from ovsnet_jax.models import ovsnet  # pylint: disable=g-import-not-at-top
+  labels = _flat(optim.param_labels(ovsnet.param_shapes(smoke.get_config('tiny'))))
+  no_decay = {p for p, l in labels.items() if l == 'no_decay'}
+  norms = {p for p in labels if p.count('/') >= 1 and 'norm' in p.split('/')[-2].lower()
+           and not p.startswith('clip_visual/')}
+  assert norms and all(p.endswith(('/scale', '/bias')) for p in norms)
+  assert no_decay == norms | {'mask_decoder/query_feat', 'mask_decoder/query_embed', 'mask_decoder/level_embed',
+                              'void_embedding'}
+  for p in ('pixel_decoder/level_embed', 'logit_scale', 'pixel_decoder/mask_features/bias',
+            'pixel_decoder/encoder_layers_0/self_attn/sampling_offsets/bias'):
+    assert labels[p] == 'decay', p
+  assert {p.split('/')[0] for p, l in labels.items() if l == 'frozen'} == set(optim.FROZEN_KEYS)
+
+
+def test_no_decay_rule_rejects_unknown():
+  with pytest.raises(ValueError, match=r"config.train.no_decay must be one of \('fcclip', 'all_1d'\), got 'x'"):
+    optim.make_optimizer(_train_cfg(no_decay='x'))
+
+
+def test_default_schedule_has_no_warmup_as_fcclip():
+  """FC-CLIP / Mask2Former COCO: WARMUP_FACTOR 1.0, so the lr is the pure poly schedule from step 0."""
+  cfg = common.get_base_config().train
+  sched = optim.learning_rate_schedule(cfg)
+  for step in (0, 5, 1000):
+    np.testing.assert_allclose(float(sched(step)), 1e-4 * (1 - step / 60_000) ** 0.9, rtol=1e-6)
 
 
 @pytest.mark.parametrize('step,expected', [
@@ -56,7 +102,7 @@ def test_param_labels_by_path_and_shape():
     (150, 0.0),  # clamped past the end
 ])
 def test_warmup_poly_schedule_values(step, expected):
-  lr = optim.learning_rate_schedule(_train_cfg())(step)
+  lr = optim.learning_rate_schedule(_train_cfg(warmup_factor=0.001))(step)
   np.testing.assert_allclose(float(lr), expected, rtol=1e-6, atol=1e-14)
 
 
@@ -87,8 +133,9 @@ def _adam(gs, lr_fn, p0, wd, b1=0.9, b2=0.999, eps=1e-8):
   return p
 
 
-def test_two_steps_clip_over_trainable_only_and_decay_groups():
-  cfg = _train_cfg(lr=1e-2)
+@pytest.mark.parametrize('rule', ['fcclip', 'all_1d'])
+def test_two_steps_clip_over_trainable_only_and_decay_groups(rule):
+  cfg = _train_cfg(lr=1e-2, no_decay=rule, warmup_factor=0.001)
   tx = optim.make_optimizer(cfg)
   params = jax.tree.map(lambda x: x * 0.5, _params())
   state = tx.init(params)
@@ -107,16 +154,16 @@ def test_two_steps_clip_over_trainable_only_and_decay_groups():
   lr_fn = lambda s: float(sched(s))
   scale1 = 0.01 / trainable_norm  # global-norm clip of step 1 over the trainable leaves only
 
-  def expected(path, wd):
-    g1 = np.asarray(grads1[path[0]][path[1]][path[2]][path[3]] if len(path) == 4 else grads1[path[0]])
-    p0 = np.asarray(params[path[0]][path[1]][path[2]][path[3]] if len(path) == 4 else params[path[0]])
-    return _adam([g1 * scale1, g1 * 1e-5], lr_fn, p0, wd)
-
-  got = lambda path: np.asarray(new[path[0]][path[1]][path[2]][path[3]] if len(path) == 4 else new[path[0]])
-  for path, wd in [(('mask_decoder', 'layer_0', 'Dense_0', 'kernel'), 0.05),
-                   (('mask_decoder', 'layer_0', 'Dense_0', 'bias'), 0.0),
-                   (('mask_decoder', 'layer_0', 'LayerNorm_0', 'scale'), 0.0),
-                   (('void_embedding',), 0.0)]:
-    np.testing.assert_allclose(got(path), expected(path, wd), rtol=1e-5, atol=1e-8, err_msg=str(path))
+  g1s, p0s, news = _flat(grads1), _flat(params), _flat(new)
+  decayed = 0.05 if rule == 'fcclip' else 0.0  # biases, logit scale, pixel-decoder level_embed
+  for path, wd in [('mask_decoder/layers_0/linear1/kernel', 0.05),
+                   ('mask_decoder/layers_0/linear1/bias', decayed),
+                   ('mask_decoder/layers_0/cross_norm/scale', 0.0),
+                   ('mask_decoder/query_feat', 0.0),
+                   ('pixel_decoder/level_embed', decayed),
+                   ('logit_scale', decayed),
+                   ('void_embedding', 0.0)]:
+    want = _adam([np.asarray(g1s[path]) * scale1, np.asarray(g1s[path]) * 1e-5], lr_fn, np.asarray(p0s[path]), wd)
+    np.testing.assert_allclose(news[path], want, rtol=1e-5, atol=1e-8, err_msg=path)
   np.testing.assert_array_equal(new['clip_visual']['stem']['kernel'], params['clip_visual']['stem']['kernel'])
   np.testing.assert_array_equal(new['clip_logit_scale'], params['clip_logit_scale'])

@@ -202,3 +202,89 @@ def test_train_dataset_from_the_smoke_config():
   b = next(iter(ds))
   assert b['image'].shape == (config.train.batch_size, 64, 64, 3)
   assert b['classes'].shape == (config.train.batch_size, config.data.max_masks)
+
+
+def _grain_knobs(ds):
+  """(read threads, read prefetch, worker processes, per-worker buffer) read off a grain graph.
+
+  grain keeps ReadOptions on its prefetch node and makes one ProcessPrefetchIterDataset (with its
+  `_buffer_size`) per worker under mp_prefetch; (0, 0) workers when running in process.
+  """
+  import grain  # pylint: disable=g-import-not-at-top
+  found, workers, seen = [], [], set()
+
+  def walk(node, depth=0):
+    if id(node) in seen or depth > 30:
+      return
+    seen.add(id(node))
+    if isinstance(node, (list, tuple)):
+      for x in node:
+        walk(x, depth + 1)
+      return
+    if type(node).__name__ == 'ProcessPrefetchIterDataset':
+      workers.append(node._buffer_size)  # pylint: disable=protected-access
+    for value in getattr(node, '__dict__', {}).values():
+      if isinstance(value, grain.ReadOptions):
+        found.append((value.num_threads, value.prefetch_buffer_size))
+      elif isinstance(value, (list, tuple)) or hasattr(value, '__dict__') and 'grain' in type(value).__module__:
+        walk(value, depth + 1)
+
+  walk(ds)
+  assert len(found) == 1, found
+  return found[0] + (len(workers), workers[0] if workers else 0)
+
+
+def test_every_data_field_reaches_the_training_pipeline():
+  """Flipping each training field of config.data changes the batches or the grain graph."""
+  from configs import smoke  # pylint: disable=g-import-not-at-top
+  config = smoke.get_config('tiny')
+  config.train.batch_size = 4
+  # 48 px images zoomed to 128 px and cropped to 32 px: segments get cropped away.
+  config.data.crop_size, config.data.scale_range = 32, (4.0, 4.0)
+  assert set(config.data.keys()) == set(pipeline.TRAIN_DATA_FIELDS + pipeline.READER_DATA_FIELDS
+                                        + pipeline.EVAL_DATA_FIELDS), 'a config.data field no code reads'
+  reader = shapes.ShapesPanoptic('train', 8, 48)
+
+  def run(**data):
+    c = config.copy_and_resolve_references()
+    c.data.update(data)
+    ds = pipeline.train_dataset_from_config(reader, c)
+    knobs = _grain_knobs(ds)
+    return (next(iter(ds)) if not c.data.num_workers else None), knobs
+
+  base, knobs = run()
+  assert knobs == (config.data.read_threads, config.data.prefetch, 0, 0)
+  flips = {'crop_size': 64, 'max_masks': 5, 'scale_range': (1.0, 1.0), 'color_aug': False,
+           'keep_cropped_segments': False}
+  for field, value in flips.items():
+    b, _ = run(**{field: value})
+    changed = [k for k in base if b[k].shape != base[k].shape or not np.array_equal(b[k], base[k])]
+    assert changed, field
+    if field == 'keep_cropped_segments':  # FC-CLIP keeps them: more valid targets, same pixels
+      assert base['valid'].sum() > b['valid'].sum() and 'image' not in changed
+  assert run(read_threads=3)[1][0] == 3
+  assert run(prefetch=9)[1][1] == 9
+  assert run(num_workers=2, worker_buffer_size=5)[1][2:] == (2, 5)
+  untouched = set(pipeline.TRAIN_DATA_FIELDS) - set(flips) - {'read_threads', 'prefetch', 'num_workers',
+                                                              'worker_buffer_size'}
+  assert not untouched, untouched
+
+
+def test_lsj_keeps_cropped_away_segments_as_fcclip():
+  """Two corner segments: after a 2x zoom and a 1/4 crop at least one is gone; FC-CLIP keeps it."""
+  seg = np.zeros((32, 32), np.int32)
+  seg[:8, :8], seg[24:, 24:] = 1, 2
+  example = {'image': np.zeros((32, 32, 3), np.uint8), 'segment_ids': seg,
+             'segments': [{'id': 1, 'category': 4, 'iscrowd': 0}, {'id': 2, 'category': 6, 'iscrowd': 0},
+                          {'id': 3, 'category': 5, 'iscrowd': 1}]}
+  for seed in range(6):
+    keep = pipeline.TrainTransform(32, (2.0, 2.0), 4)(example, np.random.default_rng(seed))
+    drop = pipeline.TrainTransform(32, (2.0, 2.0), 4, keep_cropped_segments=False)(
+        example, np.random.default_rng(seed))
+    np.testing.assert_array_equal(keep['valid'], [True, True, False, False])  # the crowd one never
+    np.testing.assert_array_equal(keep['classes'][:2], [4, 6])
+    present = [m for m in range(2) if (keep['mask_index'] == m).any()]
+    assert len(present) < 2
+    assert drop['valid'].sum() == len(present)
+    np.testing.assert_array_equal(drop['classes'][:len(present)], keep['classes'][present])
+    np.testing.assert_array_equal(keep['image'], drop['image'])

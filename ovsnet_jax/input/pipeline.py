@@ -68,10 +68,10 @@ def per_host_batch(global_batch_size: int, process_count: int) -> int:
   return global_batch_size // process_count
 
 
-def example_targets(example: dict, max_masks: int) -> dict[str, np.ndarray]:
+def example_targets(example: dict, max_masks: int, keep_empty: bool = False) -> dict[str, np.ndarray]:
   """Target index map of a panoptic or semantic reader example (see transforms.panoptic_index_map)."""
   if 'segment_ids' in example and 'segments' in example:
-    return T.panoptic_index_map(example['segment_ids'], example['segments'], max_masks)
+    return T.panoptic_index_map(example['segment_ids'], example['segments'], max_masks, keep_empty)
   if 'sem_seg' in example:
     return T.panoptic_index_map(example['sem_seg'], T.semantic_segments(example['sem_seg']), max_masks)
   raise ValueError(f"example {example.get('file_name', '?')}: expected 'segment_ids' and 'segments' "
@@ -80,20 +80,30 @@ def example_targets(example: dict, max_masks: int) -> dict[str, np.ndarray]:
 
 @dataclasses.dataclass(frozen=True)
 class TrainTransform:
-  """Reader example -> {'image' uint8 (S,S,3), 'mask_index' int16 (S,S), 'classes', 'valid' (M,)}."""
+  """Reader example -> {'image' uint8 (S,S,3), 'mask_index' int16 (S,S), 'classes', 'valid' (M,)}.
+
+  keep_cropped_segments: FC-CLIP's mapper (coco_panoptic_new_baseline_dataset_mapper) keeps every
+  non-crowd segment, also one whose mask is empty after the crop (it stays a valid target with an
+  all-False mask); False drops such targets and renumbers the rest (`transforms.compact_targets`).
+  """
   crop_size: int = 1024
   scale_range: tuple = (0.1, 2.0)
   max_masks: int = 100
   color_aug: bool = True
+  keep_cropped_segments: bool = True
 
   def __call__(self, example: dict, rng: np.random.Generator) -> dict:
-    t = example_targets(example, self.max_masks)
+    keep = self.keep_cropped_segments
+    t = example_targets(example, self.max_masks, keep_empty=keep)
     image = example['image']
     if self.color_aug:  # pointwise: applied at the (smaller) original size, before the resize
       image = T.color_aug_ssd(image, rng)
     image, index = T.large_scale_jitter(image, t['index'], rng, crop_size=self.crop_size,
                                         scale_range=self.scale_range)
-    t = T.compact_targets(index, t['classes'], t['valid'])
+    if keep:
+      t = {'index': index.astype(np.int16), 'classes': t['classes'], 'valid': t['valid']}
+    else:
+      t = T.compact_targets(index, t['classes'], t['valid'])
     return {'image': image, 'mask_index': t['index'], 'classes': t['classes'], 'valid': t['valid']}
 
 
@@ -114,9 +124,9 @@ def _with_workers(ds: grain.IterDataset, num_workers: int, buffer_size: int) -> 
 
 def train_dataset(reader: Sequence[dict], *, global_batch_size: int, crop_size: int = 1024,
                   scale_range: Sequence[float] = (0.1, 2.0), max_masks: int = 100,
-                  color_aug: bool = True, seed: int = 0, num_workers: int = 0,
-                  worker_buffer_size: int = 2, read_threads: int = 2, prefetch: int = 4,
-                  process_index: Optional[int] = None,
+                  color_aug: bool = True, keep_cropped_segments: bool = True, seed: int = 0,
+                  num_workers: int = 0, worker_buffer_size: int = 2, read_threads: int = 2,
+                  prefetch: int = 4, process_index: Optional[int] = None,
                   process_count: Optional[int] = None) -> grain.IterDataset:
   """Infinite, shuffled, augmented per-host batches of (global_batch_size // process_count)."""
   pi, pc = host_info(process_index, process_count)
@@ -125,20 +135,33 @@ def train_dataset(reader: Sequence[dict], *, global_batch_size: int, crop_size: 
     raise ValueError(f'reader: {len(reader)} examples cannot be split over {pc} hosts')
   ds = grain.MapDataset.source(reader)[pi::pc]
   ds = ds.shuffle(seed=seed).repeat()
-  transform = TrainTransform(crop_size, tuple(scale_range), max_masks, color_aug)
+  transform = TrainTransform(crop_size, tuple(scale_range), max_masks, color_aug, keep_cropped_segments)
   ds = ds.random_map(transform, seed=seed * 1_000_003 + 7919 * (pi + 1))
   ds = ds.batch(batch, drop_remainder=True).to_iter_dataset(_read_options(read_threads, prefetch))
   return _with_workers(ds, num_workers, worker_buffer_size)
 
 
+# Where each `config.data` field is used: the training pipeline (`train_dataset_from_config`), the
+# reader (`train._reader`, `evaluate.eval_reader`) or the evaluation (`evaluate.evaluate_dataset`).
+# tests/test_pipeline.py flips every training field and checks that the pipeline changes.
+TRAIN_DATA_FIELDS = ('crop_size', 'scale_range', 'max_masks', 'color_aug', 'keep_cropped_segments',
+                     'num_workers', 'worker_buffer_size', 'read_threads', 'prefetch')
+READER_DATA_FIELDS = ('train', 'root', 'shapes')
+EVAL_DATA_FIELDS = ('eval_min_size', 'eval_max_size', 'eval_size_from_dataset', 'eval_num_workers',
+                    'size_divisibility')
+
+
 def train_dataset_from_config(reader: Sequence[dict], config) -> grain.IterDataset:
-  """`train_dataset` with the `data` / `train` fields of an experiment config."""
+  """`train_dataset` with every training field of `config.data` (TRAIN_DATA_FIELDS) and `train`.
+
+  The training loop builds its pipeline here, so no `data` field is silently ignored.
+  """
   d = config.data
   return train_dataset(
       reader, global_batch_size=config.train.batch_size, crop_size=d.crop_size,
-      scale_range=tuple(d.scale_range), max_masks=d.max_masks, color_aug=d.get('color_aug', True),
-      seed=config.seed, num_workers=d.num_workers, worker_buffer_size=d.get('worker_buffer_size', 2),
-      read_threads=d.get('read_threads', 2), prefetch=d.get('prefetch', 4))
+      scale_range=tuple(d.scale_range), max_masks=d.max_masks, color_aug=d.color_aug,
+      keep_cropped_segments=d.keep_cropped_segments, seed=config.seed, num_workers=d.num_workers,
+      worker_buffer_size=d.worker_buffer_size, read_threads=d.read_threads, prefetch=d.prefetch)
 
 
 def eval_canvas(min_size: int, max_size: int, size_divisibility: int, orientation: str) -> tuple[int, int]:

@@ -171,11 +171,11 @@ def color_aug_ssd(image: np.ndarray, rng: np.random.Generator, *, brightness_del
 
 
 def panoptic_index_map(segment_ids: np.ndarray, segments: Sequence[dict], max_masks: int,
-                       ) -> dict[str, np.ndarray]:
+                       keep_empty: bool = False) -> dict[str, np.ndarray]:
   """Panoptic annotation -> per-pixel target index, class ids and a validity flag.
 
-  Crowd segments and segments with no pixel are dropped; at most `max_masks` are kept, in the
-  reader's order. The index map is the compact form of the binary masks (segments are disjoint):
+  Crowd segments are dropped, and segments with no pixel unless `keep_empty` (FC-CLIP's training
+  mapper keeps every non-crowd segment); at most `max_masks` are kept, in the reader's order. The index map is the compact form of the binary masks (segments are disjoint):
   mask m is `index == m`. It is what the pipeline carries (2 bytes a pixel instead of M).
 
   Args:
@@ -195,7 +195,7 @@ def panoptic_index_map(segment_ids: np.ndarray, segments: Sequence[dict], max_ma
     if seg.get('iscrowd', 0) or n >= max_masks:
       continue
     mask = segment_ids == seg['id']
-    if not mask.any():
+    if not keep_empty and not mask.any():
       continue
     index[mask], classes[n], valid[n] = n, seg['category'], True
     n += 1
@@ -204,6 +204,9 @@ def panoptic_index_map(segment_ids: np.ndarray, segments: Sequence[dict], max_ma
 
 def compact_targets(index: np.ndarray, classes: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
   """Drops targets left without pixels (e.g. cropped away) and renumbers the rest 0..n-1.
+
+  Not FC-CLIP's behaviour (its mapper keeps them, see `pipeline.TrainTransform`); used when
+  `config.data.keep_cropped_segments` is False.
 
   Returns {'index': int16 (H, W), 'classes': int32 (M,), 'valid': bool (M,)}.
   """

@@ -9,6 +9,16 @@ comes from a uniformly random permutation of the batch's matched set (mixup-styl
 unmatched entries are excluded through weights. [UNVERIFIED] whether alpha is drawn per pair (the
 default, `alpha_per_pair=True`) or once per batch.
 
+Which embeddings are F_Q and F_C (`proxy_calibration.query_source` / `clip_source`, SOURCES):
+section 4.3 mixes "the aggregated query embeddings", so by default F_Q is the model output
+'fused_query' and F_C is 'fused_clip': with GFA F_Q^inf and F_C^inf (eq. (1)-(4)), both carrying
+gradient to the decoder through F_Q^0. Without an aggregation (fusion 'none', the "+PC" row of
+Table 3) they are F_Q and the raw mask-pooled CLIP feature F_C^0. F_C^0 carries no gradient (the
+CLIP is frozen and the masks are binarised and detached before pooling), so there L_PC is logged but
+trains nothing and PC reduces to L_PQ. [UNVERIFIED] that this is what the "+PC" row mixes; the
+alternative `clip_source='fused_embeds'` would make L_PC an exact copy of L_PQ (the classified
+embedding is F_Q itself without fusion), i.e. double L_PQ's weight.
+
 gamma = 1 is the paper's "off" row of Table 4b, but Beta(1, 1) is the uniform distribution on
 [0, 1]: the losses are still applied on uniformly mixed proxies. To really disable PC use
 `proxy_calibration.enabled = False` in the config (`losses.total_loss` then skips it).
@@ -17,6 +27,8 @@ import jax
 import jax.numpy as jnp
 
 _EPS = 1e-8
+# Model outputs PC can mix (docs: ovsnet.OVSNet.__call__).
+SOURCES = ('fused_query', 'fused_clip', 'query_embeds', 'clip_embeds', 'fused_embeds')
 
 
 def sample_alpha(rng, gamma, shape):

@@ -11,10 +11,9 @@ def _embeddings(out, pc_cfg):
   picked = []
   for field in ('query_source', 'clip_source'):
     name = pc_cfg[field]
-    if name not in ('query_embeds', 'clip_embeds', 'fused_embeds') or name not in out:
-      raise ValueError(f"proxy_calibration.{field}={name!r}: expected one of 'query_embeds', "
-                       f"'clip_embeds', 'fused_embeds' present in the model outputs "
-                       f"(have {sorted(out)}).")
+    if name not in pc.SOURCES or name not in out:
+      raise ValueError(f"proxy_calibration.{field}={name!r}: expected one of {pc.SOURCES} present "
+                       f"in the model outputs (have {sorted(out)}).")
     picked.append(out[name])
   return picked
 
@@ -62,7 +61,7 @@ def total_loss(out, batch, text, rng, cfg, axis_name=None):
 
   Args:
     out: model outputs: `pred_logits` (L+1, B, Q, K+1), `pred_masks` (L+1, B, Q, h, w),
-      and the (L+1, B, Q, D) embeddings PC uses (`query_embeds`, `fused_embeds` by default).
+      and the (L+1, B, Q, D) embeddings PC uses (`fused_query`, `fused_clip` by default).
     batch: training batch with `masks` bool (B, M, H, W), `classes` int32 (B, M), `valid` (B, M).
     text: TextClassifier dict {'embeds': (K, S, D), 'valid': (K, S)}.
     rng: PRNG key of the step.

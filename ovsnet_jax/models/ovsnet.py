@@ -40,14 +40,16 @@ def check_model_config(cfg) -> None:
 
 
 def fuse(cfg, f_q: jax.Array, f_c: jax.Array, fusion_module: nn.Module | None) -> tuple[jax.Array, dict]:
-  """Fused embeddings for (L, B, Q, D) inputs; GFA diagnostics are (L, B[, Q]) arrays."""
+  """Fused embeddings for (L, B, Q, D) inputs; GFA diagnostics are (L, B[, Q]) arrays.
+
+  With GFA the diagnostics also hold F_C^inf 'fused_clip' and F_Q^inf 'fused_query' (L, B, Q, D).
+  """
   if cfg.fusion == 'none':
     return f_q, {}
   l, b, q, d = f_q.shape
   if cfg.fusion == 'gfa':
     fused, diag = gfa.gradient_free_aggregation(f_q.reshape(l * b, q, d), f_c.reshape(l * b, q, d), cfg.gfa)
-    diag = {k: v.reshape((l, b) + v.shape[1:]) for k, v in diag.items() if k not in ('fused_clip', 'fused_query',
-                                                                                      'num_singular')}
+    diag = {k: v.reshape((l, b) + v.shape[1:]) for k, v in diag.items() if k != 'num_singular'}
     diag['num_singular'] = diag['singular'].sum().astype(jnp.int32)
     return fused.reshape(l, b, q, d), diag
   return fusion_module(f_q.reshape(l * b, q, d), f_c.reshape(l * b, q, d)).reshape(l, b, q, d), {}
@@ -72,9 +74,12 @@ class OVSNet(nn.Module):
 
     Returns:
       (logits (B, Q, K+1) = out['pred_logits'][-1], out) with out as in docs/CONTRACTS.md:
-      'pred_logits' (L+1, B, Q, K+1), 'pred_masks' (L+1, B, Q, H/4, W/4), 'query_embeds',
-      'clip_embeds', 'fused_embeds' (L+1, B, Q, D), 'out_vocab_logits' (B, Q, K) (eval only),
-      'gfa' diagnostics of every prediction (fusion 'gfa' only), 'logit_scale' ().
+      'pred_logits' (L+1, B, Q, K+1), 'pred_masks' (L+1, B, Q, H/4, W/4), 'query_embeds' F_Q,
+      'clip_embeds' F_C, 'fused_embeds' (classified), 'fused_query', 'fused_clip' (L+1, B, Q, D),
+      'out_vocab_logits' (B, Q, K) (eval only), 'gfa' diagnostics of every prediction (fusion 'gfa'
+      only), 'logit_scale' (). 'fused_query' / 'fused_clip' are the aggregated embeddings Proxy
+      Calibration mixes: GFA's F_Q^inf / F_C^inf; with an attention fusion its output / F_C; without
+      fusion (and for predictions not fused, gfa.all_layers False) F_Q / F_C themselves.
     """
     cfg = self.config
     check_model_config(cfg)
@@ -109,11 +114,13 @@ class OVSNet(nn.Module):
       a = cfg.attn_fusion
       fusion_module = attention_fusion.AttentionFusion(cfg.fusion, a.num_heads, a.mlp_ratio, a.num_layers,
                                                        dtype=dtype, name='fusion')
-    if cfg.gfa.all_layers:
-      fused, diag = fuse(cfg, f_q, f_c, fusion_module)
-    else:  # fuse the last prediction only; the deep-supervision ones classify F_Q
-      last, diag = fuse(cfg, f_q[-1:], f_c[-1:], fusion_module)
-      fused = jnp.concatenate([f_q[:-1], last], axis=0)
+    fused_all = cfg.gfa.all_layers
+    fused, diag = fuse(cfg, f_q if fused_all else f_q[-1:], f_c if fused_all else f_c[-1:], fusion_module)
+    fused_query = diag.pop('fused_query', fused)  # attention fusions: their output; 'none': F_Q
+    fused_clip = diag.pop('fused_clip', f_c[-fused.shape[0]:])
+    if not fused_all:  # fuse the last prediction only; the deep-supervision ones classify F_Q
+      fused, fused_query, fused_clip = (jnp.concatenate([f[:-1], x], axis=0) for f, x in
+                                        ((f_q, fused), (f_q, fused_query), (f_c, fused_clip)))
 
     logit_scale = self.param('logit_scale', nn.initializers.constant(heads.LOGIT_SCALE_INIT), (), jnp.float32)
     void = self.param('void_embedding', nn.initializers.normal(1.0), (embed_dim,), jnp.float32)
@@ -121,7 +128,7 @@ class OVSNet(nn.Module):
         self.param('clip_logit_scale', nn.initializers.constant(heads.LOGIT_SCALE_INIT), (), jnp.float32))
     pred_logits = heads.classify_with_void(fused, text, logit_scale, void)  # (L+1, B, Q, K+1)
     out = {'pred_logits': pred_logits, 'pred_masks': pred_masks, 'query_embeds': f_q, 'clip_embeds': f_c,
-           'fused_embeds': fused, 'logit_scale': logit_scale}
+           'fused_embeds': fused, 'fused_query': fused_query, 'fused_clip': fused_clip, 'logit_scale': logit_scale}
     if diag:
       out['gfa'] = diag
     if not train:
