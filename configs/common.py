@@ -142,6 +142,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.train.num_points = 12544
   c.train.oversample_ratio = 3.0
   c.train.importance_sample_ratio = 0.75
+  # [UNVERIFIED] Point-sampling budget: the matched masks of a batch are compacted into
+  # batch_size * min(this, max_masks, num_queries) slots (0: every target slot). A batch with more
+  # matched targets is rejected on the host (losses.criterion.check_mask_budget).
+  c.train.sampled_masks_per_image = 32
+  # PRNG of the point coordinates: 'threefry' | 'rbg' | 'auto' (rbg on TPU/GPU, threefry on CPU).
+  c.train.point_rng = 'auto'
   c.train.proxy_calibration = ml_collections.ConfigDict()
   c.train.proxy_calibration.enabled = True
   c.train.proxy_calibration.gamma = 2.0  # Beta(gamma, gamma); gamma = 1 is the paper's "off".

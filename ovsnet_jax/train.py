@@ -20,6 +20,7 @@ from flax import struct
 
 from ovsnet_jax import losses
 from ovsnet_jax import optim
+from ovsnet_jax.losses import criterion
 
 
 class TrainState(struct.PyTreeNode):
@@ -215,7 +216,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   result = {'step': start, 'train': {}, 'eval': {}}
   tick, tick_step = time.perf_counter(), start
   for step in range(start, stop):
-    batch = pipeline.to_device_batch(next(data_iter), mesh)
+    host_batch = next(data_iter)
+    # The criterion point-samples at most a static budget of matched masks per batch.
+    criterion.check_mask_budget(host_batch['valid'], config.model.decoder.num_queries,
+                                t.sampled_masks_per_image, where=f'train step {step}')
+    batch = pipeline.to_device_batch(host_batch, mesh)
     state, metrics = step_fn(state, batch, rng, text)
     done = step + 1
     if step == start:  # the first step compiles: keep it out of img/s

@@ -75,8 +75,7 @@ def _torch_layer(logits, masks, t_masks, t_classes, t_valid, indices, points, nu
   loss_ce = F.cross_entropy(_t(logits).double().transpose(1, 2), target_classes, empty_weight)
   src = _t(masks).double()[src_b, src_q][:, None]  # (N, 1, h, w)
   tgt_masks = _t(t_masks).double()[[i for i, _ in tgt], [m for _, m in tgt]][:, None]
-  flat_points = points.reshape((b, -1) + points.shape[1:])
-  pts = torch.stack([_t(flat_points[i, m]).double() for i, m in tgt])  # (N, P, 2)
+  pts = _t(points[:len(tgt)]).double()  # (N, P, 2): the matched targets' points in (i, m) order
   labels = _torch_point_sample(tgt_masks, pts).squeeze(1)
   point_logits = _torch_point_sample(src, pts).squeeze(1)
   return (loss_ce.item(), _torch_sigmoid_ce(point_logits, labels, num_masks).item(),
@@ -158,11 +157,13 @@ def test_criterion_matches_torch_reference(seed, empty):
   keys = jax.random.split(key, indices.shape[0])
   want_total = 0.0
   for layer in range(indices.shape[0]):
-    query = np.clip(indices[layer], 0, None)
-    src = np.take_along_axis(out['pred_masks'][layer], query[:, :, None, None], axis=1)
+    budget = criterion.mask_budget(*indices.shape[1:], out['pred_masks'].shape[2])
+    image, _, query, _, _ = criterion.matched_slots(jnp.asarray(indices[layer]),
+                                                    jtargets['valid'], budget)
+    src = out['pred_masks'][layer][np.asarray(image), np.asarray(query)]  # (N, h, w)
     points = point_sampling.uncertain_point_coords(
-        jnp.asarray(src.reshape((-1,) + src.shape[2:])), keys[layer], cfg.num_points,
-        cfg.oversample_ratio, cfg.importance_sample_ratio)
+        jnp.asarray(src), keys[layer], cfg.num_points, cfg.oversample_ratio,
+        cfg.importance_sample_ratio)
     ce, bce, dice = _torch_layer(out['pred_logits'][layer], out['pred_masks'][layer],
                                  targets['masks'], targets['classes'], targets['valid'],
                                  indices[layer], np.asarray(points), num_masks, cfg)
@@ -209,3 +210,26 @@ def test_bad_targets_raise():
   with pytest.raises(ValueError, match=r'targets must be masks \(B, M, H, W\), classes \(B, M\)'):
     criterion.set_criterion(out, targets, jax.random.PRNGKey(0), _cfg())
 
+
+def test_budget_leaves_real_target_losses_unchanged_and_overflow_is_reported():
+  out, targets = _problem(6)  # 3 + 1 matched targets
+  jout = jax.tree.map(jnp.asarray, out)
+  jtargets = jax.tree.map(jnp.asarray, targets)
+  key = jax.random.PRNGKey(6)
+  indices = _match(jout, jtargets, key)
+  results = {}
+  for per_image in (0, 2, 1):  # budgets 8 (every slot), 4 (exactly the matched), 2 (too small)
+    cfg = _cfg()
+    cfg.sampled_masks_per_image = per_image
+    results[per_image] = jax.jit(lambda o, t, i, r, c=cfg: criterion.criterion_from_indices(
+        o, t, i, r, c))(jout, jtargets, indices, key)[1]
+  # The points of a slot do not depend on the slot count (counter-based threefry).
+  for name in ('loss_mask', 'loss_dice', 'loss_criterion'):
+    np.testing.assert_allclose(results[2][name], results[0][name], rtol=1e-6)
+  assert float(results[0]['masks_over_budget']) == 0 == float(results[2]['masks_over_budget'])
+  assert float(results[1]['masks_over_budget']) == 2.0
+  assert float(results[1]['loss_mask']) < float(results[0]['loss_mask'])
+  criterion.check_mask_budget(targets['valid'], 6, 2)
+  with pytest.raises(ValueError, match=r'step 7: 4 matched targets in a batch of 2 images, over the '
+                     r'point-sampling budget of 2 \(train.sampled_masks_per_image=1'):
+    criterion.check_mask_budget(targets['valid'], 6, 1, where='step 7')

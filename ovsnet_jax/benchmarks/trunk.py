@@ -50,6 +50,8 @@ def parse(argv) -> argparse.Namespace:
   parser.add_argument('--batch', type=int, default=8)
   parser.add_argument('--size', type=int, default=1024)
   parser.add_argument('--dtype', choices=sorted(DTYPES), default='bf16')
+  parser.add_argument('--dwconv', choices=clip_convnext.DWCONV_IMPLS, default='auto',
+                      help='depthwise-conv formulation (clip_convnext.DepthwiseConv)')
   parser.add_argument('--iters', type=int, default=10)
   parser.add_argument('--warmup', type=int, default=2)
   args = parser.parse_args(argv)
@@ -63,7 +65,7 @@ def parse(argv) -> argparse.Namespace:
 def run(argv) -> dict:
   """Runs the benchmark; returns its figures (img/s, TFLOP/s, compile time, ...)."""
   args = parse(argv)
-  model = clip_convnext.CLIPVisual(args.variant, dtype=DTYPES[args.dtype])
+  model = clip_convnext.CLIPVisual(args.variant, dtype=DTYPES[args.dtype], dwconv=args.dwconv)
   images = jnp.asarray(np.random.default_rng(0).standard_normal(
       (args.batch, args.size, args.size, 3), np.float32))  # (B, H, W, 3)
   params = jax.jit(model.init)(jax.random.PRNGKey(0), images[:1, :32, :32])
@@ -84,7 +86,7 @@ def run(argv) -> dict:
   flops_analytic = analytic_flops(args.variant, args.batch, args.size)
   return {
       'mode': 'trunk', 'variant': args.variant, 'batch': args.batch, 'size': args.size,
-      'dtype': args.dtype, 'iters': args.iters, 'device': str(jax.devices()[0].device_kind),
+      'dtype': args.dtype, 'dwconv': args.dwconv, 'iters': args.iters, 'device': str(jax.devices()[0].device_kind),
       'compile_s': round(compile_s, 3), 'step_ms': round(1e3 * step_s, 3),
       'img_per_s': round(args.batch / step_s, 3),
       'flops_xla': flops_xla, 'flops_analytic': flops_analytic,

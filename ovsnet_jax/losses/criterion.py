@@ -19,6 +19,7 @@ devices. The weighted cross-entropy is likewise normalised over the global batch
 import jax
 import jax.numpy as jnp
 from jax import lax
+import numpy as np
 
 from ovsnet_jax.losses import matcher
 from ovsnet_jax.losses import point_sampling
@@ -86,8 +87,66 @@ def count_masks(valid, axis_name=None):
   return jnp.maximum(num, 1.0)
 
 
-def mask_losses(pred_masks, target_masks, indices, valid, num_masks, rng, cfg):
+def mask_budget(batch, num_targets, num_queries, per_image=0):
+  """Static number of mask slots point-sampled per layer (`train.sampled_masks_per_image`).
+
+  At most min(M, Q) targets of an image are matched, so B * min(M, Q) slots always suffice;
+  `per_image` > 0 lowers the budget to B * min(per_image, M, Q) slots for the whole batch.
+  """
+  cap = min(num_targets, num_queries)
+  return batch * (min(per_image, cap) if per_image > 0 else cap)
+
+
+def matched_counts(valid, num_queries):
+  """Matched targets per image, min(#valid, Q) (every layer matches that many): (B, M) -> (B,)."""
+  return jnp.minimum(jnp.asarray(valid).astype(jnp.int32).sum(-1), num_queries)
+
+
+def check_mask_budget(valid, num_queries, per_image, where='batch'):
+  """Host-side check of a (numpy) batch against the budget: raises ValueError when over it.
+
+  The graph compacts at most `mask_budget` matched masks; a batch with more would drop some, so
+  the train loop calls this on each host batch (local batch: a sufficient check per host).
+  """
+  if per_image <= 0:
+    return
+  valid = np.asarray(valid)
+  num_matched = int(np.minimum(valid.sum(-1), num_queries).sum())
+  budget = mask_budget(valid.shape[0], valid.shape[1], num_queries, per_image)
+  if num_matched > budget:
+    raise ValueError(
+        f'{where}: {num_matched} matched targets in a batch of {valid.shape[0]} images, over the '
+        f'point-sampling budget of {budget} (train.sampled_masks_per_image={per_image} per image); '
+        f'raise train.sampled_masks_per_image (0 = no budget, every target slot sampled).')
+
+
+def matched_slots(indices, valid, budget):
+  """The first `budget` matched (valid) targets of the batch, in (image, target) order.
+
+  Args:
+    indices: (B, M) int32 matched query per target, -1 if unmatched.
+    valid: (B, M) bool.
+    budget: static number of slots N.
+
+  Returns:
+    (image (N,), target (N,), query (N,), used (N,) bool, overflow): the slots' image, target and
+    query indices (0 for unused slots), and how many matched targets did not fit (0 normally).
+  """
+  batch, num_targets = indices.shape
+  matched = ((indices >= 0) & valid).reshape(-1)  # (B*M,)
+  flat = jnp.nonzero(matched, size=budget, fill_value=0)[0]  # (N,)
+  count = matched.sum()
+  used = jnp.arange(budget) < count  # (N,)
+  image, target = flat // num_targets, flat % num_targets
+  query = jnp.where(used, jnp.maximum(indices[image, target], 0), 0)
+  return image, target, query, used, jnp.maximum(count - budget, 0)
+
+
+def mask_losses(pred_masks, target_masks, indices, valid, num_masks, rng, cfg, budget=None):
   """BCE and dice of the matched masks on importance-sampled points.
+
+  Only matched targets are point-sampled: they are compacted into `budget` slots (padded slots
+  carry weight 0), so the cost scales with the real targets, not with the padded M.
 
   Args:
     pred_masks: (B, Q, h, w) mask logits.
@@ -96,28 +155,33 @@ def mask_losses(pred_masks, target_masks, indices, valid, num_masks, rng, cfg):
     valid: (B, M) bool.
     num_masks: scalar normaliser.
     rng: PRNG key for the points.
-    cfg: `num_points`, `oversample_ratio`, `importance_sample_ratio`.
+    cfg: `num_points`, `oversample_ratio`, `importance_sample_ratio`, optional
+      `sampled_masks_per_image` and `point_rng`.
+    budget: static slot count; None -> `mask_budget` from cfg.
 
   Returns:
-    (loss_mask, loss_dice) scalars.
+    (loss_mask, loss_dice, overflow) scalars; overflow counts matched masks left out (budget).
   """
   batch, num_targets = indices.shape
-  weight = ((indices >= 0) & valid).astype(jnp.float32).reshape(-1)  # (B*M,)
-  query = jnp.clip(indices, 0, pred_masks.shape[1] - 1)
-  src = jnp.take_along_axis(pred_masks, query[:, :, None, None], axis=1)  # (B, M, h, w)
-  src = src.reshape((batch * num_targets,) + src.shape[2:]).astype(jnp.float32)
-  tgt = target_masks.reshape((batch * num_targets,) + target_masks.shape[2:])  # (B*M, H, W)
+  if budget is None:
+    budget = mask_budget(batch, num_targets, pred_masks.shape[1],
+                         cfg.get('sampled_masks_per_image', 0))
+  image, target, query, used, overflow = matched_slots(indices, valid, budget)
+  src = pred_masks[image, query].astype(jnp.float32)  # (N, h, w)
+  tgt = target_masks[image, target]  # (N, H, W)
   points = point_sampling.uncertain_point_coords(
-      src, rng, cfg.num_points, cfg.oversample_ratio, cfg.importance_sample_ratio)  # (B*M, P, 2)
-  point_labels = lax.stop_gradient(point_sampling.point_sample_each(tgt, points))  # (B*M, P)
-  point_logits = point_sampling.point_sample_each(src, points)  # (B*M, P)
+      src, rng, cfg.num_points, cfg.oversample_ratio, cfg.importance_sample_ratio,
+      cfg.get('point_rng', 'threefry'))  # (N, P, 2)
+  point_labels = lax.stop_gradient(point_sampling.point_sample_each(tgt, points))  # (N, P)
+  point_logits = point_sampling.point_sample_each(src, points)  # (N, P)
+  weight = used.astype(jnp.float32)  # (N,)
   loss_mask = (weight * sigmoid_bce_per_mask(point_logits, point_labels)).sum() / num_masks
   loss_dice = (weight * dice_per_mask(point_logits, point_labels)).sum() / num_masks
-  return loss_mask, loss_dice
+  return loss_mask, loss_dice, overflow
 
 
 def layer_losses(pred_logits, pred_masks, targets, indices, num_masks, rng, cfg):
-  """Unweighted (loss_ce, loss_mask, loss_dice) of one prediction layer.
+  """Unweighted (loss_ce, loss_mask, loss_dice) of one prediction layer, and the budget overflow.
 
   Args:
     pred_logits: (B, Q, K+1); pred_masks: (B, Q, h, w); targets: dict of `masks` (B, M, H, W),
@@ -127,9 +191,9 @@ def layer_losses(pred_logits, pred_masks, targets, indices, num_masks, rng, cfg)
   labels = class_targets(indices, targets['classes'], pred_logits.shape[1], num_classes)
   class_weights = jnp.ones((num_classes + 1,), jnp.float32).at[-1].set(cfg.no_object_weight)
   loss_ce = weighted_cross_entropy(pred_logits, labels, class_weights)
-  loss_mask, loss_dice = mask_losses(pred_masks, targets['masks'], indices, targets['valid'],
-                                     num_masks, rng, cfg)
-  return loss_ce, loss_mask, loss_dice
+  loss_mask, loss_dice, overflow = mask_losses(pred_masks, targets['masks'], indices,
+                                               targets['valid'], num_masks, rng, cfg)
+  return loss_ce, loss_mask, loss_dice, overflow
 
 
 def _check_inputs(out, targets):
@@ -178,20 +242,25 @@ def criterion_from_indices(out, targets, indices, rng, cfg, axis_name=None):
 
   Returns:
     (loss, metrics): weighted total; metrics hold every unweighted term per layer
-    (`loss_ce_{l}`, `loss_mask_{l}`, `loss_dice_{l}`), their sums over layers, `num_masks`.
+    (`loss_ce_{l}`, `loss_mask_{l}`, `loss_dice_{l}`), their sums over layers, `num_masks` and
+    `masks_over_budget` (matched masks left out of the point sampling; 0 unless the batch
+    exceeds the budget, which `check_mask_budget` rejects on the host first).
   """
   _check_inputs(out, targets)
   num_layers = out['pred_logits'].shape[0]
   num_masks = count_masks(targets['valid'], axis_name)
   keys = jax.random.split(rng, num_layers)
-  per_layer = lambda args: layer_losses(args[0], args[1], targets, args[2], num_masks, args[3],
-                                        cfg)
-  # One layer at a time: each layer's (B*M, 3P) candidate points alone are large at full size.
-  ce, bce, dice = lax.map(per_layer, (out['pred_logits'], out['pred_masks'], indices, keys))
+  # Rematerialised: the backward pass recomputes a layer's point samples instead of keeping them.
+  per_layer = jax.checkpoint(lambda args: layer_losses(args[0], args[1], targets, args[2],
+                                                       num_masks, args[3], cfg))
+  # One layer at a time: each layer's (N, 3P) candidate points alone are large at full size.
+  ce, bce, dice, overflow = lax.map(per_layer,
+                                    (out['pred_logits'], out['pred_masks'], indices, keys))
   loss = (cfg.class_weight * ce.sum() + cfg.mask_weight * bce.sum()
           + cfg.dice_weight * dice.sum())
   metrics = {'loss_ce': ce.sum(), 'loss_mask': bce.sum(), 'loss_dice': dice.sum(),
-             'loss_criterion': loss, 'num_masks': num_masks}
+             'loss_criterion': loss, 'num_masks': num_masks,
+             'masks_over_budget': overflow.max().astype(jnp.float32)}
   for layer in range(num_layers):
     metrics[f'loss_ce_{layer}'] = ce[layer]
     metrics[f'loss_mask_{layer}'] = bce[layer]
