@@ -27,12 +27,18 @@ def get_model_config(clip_variant: str = 'convnext_base_w_320') -> ml_collection
   m.pixel_decoder.num_points = 4
   m.pixel_decoder.ffn_dim = 1024
   m.pixel_decoder.num_groups = 32  # GroupNorm groups
-  # Deformable-attention sampling (ovsnet_jax/models/ms_deform_attn.py), all exact: 'gather' (default),
-  # 'gather_corners' (a quarter of the memory, 4 gathers) or 'onehot' (dense matmul; small maps only).
-  m.pixel_decoder.deform_impl = 'gather'
+  # Deformable-attention sampling (ovsnet_jax/models/ms_deform_attn.py), all exact: 'window' (default:
+  # one gather of a lane-dense 2x2 window per sample), 'gather' (4 corner rows of Dh), 'gather_corners'
+  # (4 gathers, each reduced at once) or 'onehot' (dense matmul; small maps only).
+  m.pixel_decoder.deform_impl = 'window'
+  # Queries sampled at a time (lax.map over chunks; 0 = all at once): bounds the (B, chunk, M, L*P, 4*Dh)
+  # gathered windows, ~0.4 GB per chunk of 4096 at B=2 per chip.
+  m.pixel_decoder.deform_query_chunk = 4096
   # Recompute the deformable sampling in the backward pass: keeps ~B*Lq*M*L*P*4*Dh floats per
-  # encoder layer out of the saved activations (8.5 GB per layer at B=8, 1024^2) for some time.
-  m.pixel_decoder.remat_deform = False
+  # encoder layer out of the saved activations (2.1 GB per layer at 2 images of 1024^2) for some time.
+  m.pixel_decoder.remat_deform = True
+  # lax.scan over the encoder layers' stacked params (compile time, code size); same params and outputs.
+  m.pixel_decoder.scan_layers = True
 
   m.decoder = ml_collections.ConfigDict()
   m.decoder.num_queries = 100  # FC-CLIP-L uses 250.
@@ -40,6 +46,8 @@ def get_model_config(clip_variant: str = 'convnext_base_w_320') -> ml_collection
   m.decoder.num_heads = 8
   m.decoder.ffn_dim = 2048
   m.decoder.num_layers = 9  # 9 layers -> 10 predictions (deep supervision).
+  # lax.scan over rounds of 3 layers (one per memory level) with stacked params; same params and outputs.
+  m.decoder.scan_layers = True
 
   # Fusion of query embeddings F_Q and mask-pooled CLIP features F_C (Table 4a).
   # 'none' (baseline, FC-CLIP), 'gfa' (OVSNet), 'self_attn', 'cross_attn' (learned alternatives).

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from ovsnet_jax.models import layer_scan
 from ovsnet_jax.models.layers import (MLP, LayerNorm, c2_xavier_fill, embedding_init, sine_position_embedding,
                                       xavier_uniform)
 
@@ -101,6 +102,9 @@ class MaskedAttentionDecoder(nn.Module):
     num_layers: L decoder layers (9) -> L + 1 predictions.
     mask_dim: width of mask_features (and of the mask_embed output).
     dtype: compute dtype of the matmuls.
+    scan_layers: run the layers as ``lax.scan`` over rounds of NUM_LEVELS layers (one per memory
+      level) with stacked params; a remainder of num_layers % NUM_LEVELS layers runs unrolled.
+      Same params (``layers_i``) and outputs as unrolled (``layer_scan``).
   """
   num_queries: int = 100
   hidden_dim: int = 256
@@ -109,13 +113,15 @@ class MaskedAttentionDecoder(nn.Module):
   num_layers: int = 9
   mask_dim: int = 256
   dtype: Any = jnp.float32
+  scan_layers: bool = True
 
   @classmethod
   def from_config(cls, cfg: ml_collections.ConfigDict, mask_dim: int, dtype: Any = jnp.float32,
                   **kwargs) -> 'MaskedAttentionDecoder':
     """Builds the module from ``config.model.decoder`` and the pixel decoder's mask_dim."""
     return cls(num_queries=cfg.num_queries, hidden_dim=cfg.hidden_dim, num_heads=cfg.num_heads,
-               ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers, mask_dim=mask_dim, dtype=dtype, **kwargs)
+               ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers, mask_dim=mask_dim, dtype=dtype,
+               scan_layers=cfg.get('scan_layers', True), **kwargs)
 
   @nn.compact
   def __call__(self, multi_scale: Sequence[jax.Array], mask_features: jax.Array) -> dict[str, jax.Array]:
@@ -153,20 +159,46 @@ class MaskedAttentionDecoder(nn.Module):
     decoder_norm = LayerNorm(name='decoder_norm')
     mask_embed = MLP(c, self.mask_dim, 3, dtype=self.dtype, name='mask_embed')
     pixels = mask_features.astype(self.dtype)
+    layer = lambda name, **kw: MaskedAttentionLayer(self.num_heads, self.ffn_dim, dtype=self.dtype, name=name, **kw)
+    rounds = self.num_layers // NUM_LEVELS if self.scan_layers and not self.is_initializing() else 0
 
-    def predict(tgt):
-      out = decoder_norm(tgt)  # (B, Q, C) float32
-      masks = jnp.einsum('bqc,bhwc->bqhw', mask_embed(out), pixels).astype(jnp.float32)  # (B, Q, h4, w4)
+    def predict(tgt, norm=decoder_norm, embed=mask_embed):
+      out = norm(tgt)  # (B, Q, C) float32
+      masks = jnp.einsum('bqc,bhwc->bqhw', embed(out), pixels).astype(jnp.float32)  # (B, Q, h4, w4)
       return out, masks
 
     out, masks = predict(tgt)
-    queries, pred_masks = [out], [masks]
-    for i in range(self.num_layers):
+    queries, pred_masks = [out[None]], [masks[None]]
+    if rounds > 1:
+      params = self.variables['params']
+      stacked = layer_scan.stack(params, [f'layers_{i}' for i in range(rounds * NUM_LEVELS)])
+      stacked = jax.tree.map(lambda x: x.reshape((rounds, NUM_LEVELS) + x.shape[1:]), stacked)
+      free_layer = layer(None, parent=None)
+      norm = lambda x: LayerNorm(parent=None).apply({'params': params['decoder_norm']}, x)
+      embed = lambda x: MLP(c, self.mask_dim, 3, dtype=self.dtype, parent=None).apply(
+          {'params': params['mask_embed']}, x)
+
+      def one_round(carry, p):  # NUM_LEVELS layers, one per memory level
+        tgt, masks = carry
+        outs = []
+        for level in range(NUM_LEVELS):
+          blocked = attention_block_mask(masks, sizes[level])  # (B, Q, hw)
+          tgt = free_layer.apply({'params': jax.tree.map(lambda x, level=level: x[level], p)},
+                                 tgt, query_pos, memories[level], poses[level], blocked)
+          out, masks = predict(tgt, norm, embed)
+          outs.append((out, masks))
+        return (tgt, masks), jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+      (tgt, masks), (outs, all_masks) = jax.lax.scan(one_round, (tgt, masks), stacked)  # (R, 3, ...)
+      queries.append(outs.reshape((-1,) + outs.shape[2:]))
+      pred_masks.append(all_masks.reshape((-1,) + all_masks.shape[2:]))
+    else:
+      rounds = 0
+    for i in range(rounds * NUM_LEVELS, self.num_layers):
       level = i % NUM_LEVELS
       blocked = attention_block_mask(masks, sizes[level])  # (B, Q, hw)
-      tgt = MaskedAttentionLayer(self.num_heads, self.ffn_dim, dtype=self.dtype, name=f'layers_{i}')(
-          tgt, query_pos, memories[level], poses[level], blocked)
+      tgt = layer(f'layers_{i}')(tgt, query_pos, memories[level], poses[level], blocked)
       out, masks = predict(tgt)
-      queries.append(out)
-      pred_masks.append(masks)
-    return {'queries': jnp.stack(queries), 'pred_masks': jnp.stack(pred_masks)}
+      queries.append(out[None])
+      pred_masks.append(masks[None])
+    return {'queries': jnp.concatenate(queries), 'pred_masks': jnp.concatenate(pred_masks)}

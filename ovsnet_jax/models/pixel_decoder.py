@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from ovsnet_jax.models import layer_scan
 from ovsnet_jax.models.layers import (ConvNorm, LayerNorm, c2_xavier_fill, embedding_init, resize_bilinear,
                                       sine_position_embedding, xavier_uniform)
 from ovsnet_jax.models.ms_deform_attn import MSDeformAttn
@@ -45,7 +46,8 @@ class DeformEncoderLayer(nn.Module):
   num_levels: int
   num_points: int
   ffn_dim: int
-  impl: str = 'gather'
+  impl: str = 'window'
+  query_chunk: int = 0
   remat: bool = False
 
   @nn.compact
@@ -53,7 +55,8 @@ class DeformEncoderLayer(nn.Module):
                spatial_shapes: tuple[tuple[int, int], ...]) -> jax.Array:
     """src (B, S, C), pos (1, S, C), ref (1, S, L, 2) -> (B, S, C)."""
     attn = MSDeformAttn(self.d_model, self.num_levels, self.num_heads, self.num_points, impl=self.impl,
-                        remat=self.remat, name='self_attn')(src + pos, ref, src, spatial_shapes)
+                        query_chunk=self.query_chunk, remat=self.remat, name='self_attn')(
+                            src + pos, ref, src, spatial_shapes)
     src = LayerNorm(name='norm1')(src + attn)
     ffn = nn.relu(nn.Dense(self.ffn_dim, kernel_init=xavier_uniform, name='linear1')(src))
     ffn = nn.Dense(self.d_model, kernel_init=xavier_uniform, name='linear2')(ffn)
@@ -72,7 +75,10 @@ class MSDeformAttnPixelDecoder(nn.Module):
     ffn_dim: encoder FFN width (1024).
     num_groups: GroupNorm groups (32).
     deform_impl: ``ms_deform_attn.DEFORM_IMPLS`` entry.
+    deform_query_chunk: queries sampled at a time in the deformable attention (0 = all).
     remat_deform: recompute the deformable sampling in the backward pass (``MSDeformAttn.remat``).
+    scan_layers: apply the encoder layers with ``lax.scan`` over their stacked params (one compiled
+      layer; same params and outputs as unrolled, see ``layer_scan``).
   """
   conv_dim: int = 256
   mask_dim: int = 256
@@ -81,8 +87,10 @@ class MSDeformAttnPixelDecoder(nn.Module):
   num_points: int = 4
   ffn_dim: int = 1024
   num_groups: int = 32
-  deform_impl: str = 'gather'
+  deform_impl: str = 'window'
+  deform_query_chunk: int = 0
   remat_deform: bool = False
+  scan_layers: bool = True
 
   @classmethod
   def from_config(cls, cfg: ml_collections.ConfigDict, **kwargs) -> 'MSDeformAttnPixelDecoder':
@@ -90,7 +98,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
     return cls(conv_dim=cfg.conv_dim, mask_dim=cfg.mask_dim, num_layers=cfg.num_layers,
                num_heads=cfg.num_heads, num_points=cfg.num_points, ffn_dim=cfg.ffn_dim,
                num_groups=cfg.num_groups, deform_impl=cfg.deform_impl,
-               remat_deform=cfg.get('remat_deform', False), **kwargs)
+               deform_query_chunk=cfg.get('deform_query_chunk', 0), remat_deform=cfg.get('remat_deform', False),
+               scan_layers=cfg.get('scan_layers', True), **kwargs)
 
   @nn.compact
   def __call__(self, feats: Mapping[str, jax.Array]) -> tuple[jax.Array, list[jax.Array]]:
@@ -123,10 +132,16 @@ class MSDeformAttnPixelDecoder(nn.Module):
     src = jnp.concatenate([x.reshape(b, -1, c) for x in srcs], 1)  # (B, S, C)
     pos = jnp.concatenate(pos, 0)[None]  # (1, S, C)
     ref = jnp.broadcast_to(reference_points(shapes)[None, :, None, :], (1, src.shape[1], num_levels, 2))
-    for j in range(self.num_layers):
-      src = DeformEncoderLayer(c, self.num_heads, num_levels, self.num_points, self.ffn_dim,
-                               impl=self.deform_impl, remat=self.remat_deform,
-                               name=f'encoder_layers_{j}')(src, pos, ref, shapes)
+    names = [f'encoder_layers_{j}' for j in range(self.num_layers)]
+    layer = lambda name, **kw: DeformEncoderLayer(c, self.num_heads, num_levels, self.num_points, self.ffn_dim,
+                                                  impl=self.deform_impl, query_chunk=self.deform_query_chunk,
+                                                  remat=self.remat_deform, name=name, **kw)
+    if self.scan_layers and self.num_layers > 1 and not self.is_initializing():
+      stacked = layer_scan.stack(self.variables['params'], names)
+      src = layer_scan.scan(layer(None, parent=None), stacked, src, pos, ref, shapes)
+    else:
+      for name in names:
+        src = layer(name)(src, pos, ref, shapes)
     outs, start = [], 0
     for h, w in shapes:
       outs.append(src[:, start:start + h * w].reshape(b, h, w, c))  # (B, h, w, C)
