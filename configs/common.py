@@ -180,6 +180,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.train.stop_at_step = 0  # end this run (after a checkpoint) at this step; 0 -> num_steps. Preemption tests.
   c.train.log_dir = ''  # '' -> <workdir>/tensorboard
   c.train.async_checkpointing = True
+  # A step with a non-finite loss or gradient norm applies no update; by default it also ends the run
+  # (an error naming the step, no later checkpoint). True: skip such batches and count them instead.
+  c.train.skip_nonfinite = False
   # Multi-host: jax.distributed.initialize(coordinator, num_processes, process_id); '' and 0
   # -> read from the environment / cluster (no-op on a single host).
   c.train.coordinator_address = ''

@@ -18,11 +18,47 @@ import argparse
 import functools
 import json
 import os
+import io
 import pickle
+
+import numpy as np
 
 from ovsnet_jax.input.datasets import prepare_jobs as pj
 
 IDS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'ade20k_847_ids.json')
+
+# The only globals the index may name: numpy's array/scalar reconstructors (numpy 1.x and 2.x
+# module names). Plain containers, strings and numbers need none.
+_NUMPY_GLOBALS = {
+    (module, name): obj
+    for module in ('numpy.core.multiarray', 'numpy._core.multiarray')
+    for name, obj in (('_reconstruct', np.ndarray.__reduce__(np.zeros(0))[0]),
+                      ('scalar', np.float64(0).__reduce__()[0]))
+} | {('numpy', 'ndarray'): np.ndarray, ('numpy', 'dtype'): np.dtype}
+
+
+class _IndexUnpickler(pickle.Unpickler):
+  """Builds dicts, lists, tuples, strings, numbers and numpy arrays; refuses every other global."""
+
+  def find_class(self, module, name):
+    if (module, name) in _NUMPY_GLOBALS:
+      return _NUMPY_GLOBALS[(module, name)]
+    raise pickle.UnpicklingError(f'refusing {module}.{name}: the ADE20K index holds only containers, '
+                                 'strings, numbers and numpy arrays')
+
+
+def read_index(path: str) -> dict:
+  """`index_ade20k.pkl` without running code from it (`_IndexUnpickler`); ValueError names the file."""
+  with open(path, 'rb') as f:
+    data = f.read()
+  try:
+    index = _IndexUnpickler(io.BytesIO(data)).load()
+  except Exception as e:  # pylint: disable=broad-except (a damaged pickle raises many types)
+    raise ValueError(f'{path}: not a valid ADE20K index ({type(e).__name__}: {e})') from e
+  if not isinstance(index, dict) or not all(k in index for k in ('folder', 'filename')):
+    raise ValueError(f"{path}: expected a dict with 'folder' and 'filename' lists, got "
+                     f'{type(index).__name__}{" with keys " + str(sorted(index)[:10]) if isinstance(index, dict) else ""}')
+  return index
 
 
 def main(argv=None) -> dict:
@@ -35,8 +71,7 @@ def main(argv=None) -> dict:
   if not os.path.isfile(index_file):
     raise FileNotFoundError(f'{index_file} does not exist: unzip ADE20K_2021_17_01.zip into '
                             f'{args.root} (data/README.md)')
-  with open(index_file, 'rb') as f:
-    index = pickle.load(f)  # the official index (a pickle: only open the file you downloaded)
+  index = read_index(index_file)  # a pickle, read without running any code from it
   with open(IDS_FILE) as f:
     class_ids = json.load(f)
   jobs = {'training': [], 'validation': []}

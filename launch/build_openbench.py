@@ -23,6 +23,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=wrong-import-position
+from ovsnet_jax import cli
 from ovsnet_jax.convert import open_clip as convert_open_clip
 from ovsnet_jax.openbench import build, similarity, sources, writer
 from ovsnet_jax.text import vocab
@@ -77,4 +78,4 @@ def main(argv=None, encode=None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  cli.run_argparse(main, expected=(ValueError,))  # ValueError: a bad input named by its message

@@ -15,6 +15,7 @@ Needs torch for `.bin`/`.pt` files (`pip install -e .[convert]`).
 import argparse
 import sys
 
+from ovsnet_jax import cli
 from ovsnet_jax.convert import open_clip as convert
 from ovsnet_jax.models import clip
 
@@ -34,4 +35,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  cli.run_argparse(main, expected=(ValueError,))  # ValueError: a bad input named by its message

@@ -22,6 +22,7 @@ from ml_collections import config_flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `configs` importable
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from ovsnet_jax import cli
 from ovsnet_jax.convert import export_torch
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
@@ -42,10 +43,10 @@ def main(argv):
     weights, sidecar = export_torch.export_checkpoint(
         config, _CHECKPOINT.value, _OUT.value, clip_dir=_CLIP.value or config.clip_checkpoint,
         overwrite=_OVERWRITE.value)
-  except (FileExistsError, FileNotFoundError, ValueError) as e:
-    sys.exit(f'export_torch: {e}')
+  except (FileExistsError, ValueError) as e:  # an existing output, a bad checkpoint/config: one line
+    raise cli.UserError(f'export_torch: {e}') from e
   print(f'wrote {weights}\nwrote {sidecar}', flush=True)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

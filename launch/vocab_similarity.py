@@ -24,6 +24,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=wrong-import-position
+from ovsnet_jax import atomic_io
+from ovsnet_jax import cli
 from ovsnet_jax.openbench import similarity
 from ovsnet_jax.text import vocab
 
@@ -66,9 +68,7 @@ def run(encode: similarity.EncodeFn, test_specs: list, train_spec: str, out: str
   lines += [similarity.table_row(n, report['lists'][n]) for n in named_sims]
   table = '\n'.join(lines)
   print(table, flush=True)
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, 'table.md'), 'w', encoding='utf-8') as f:
-    f.write(table + '\n')
+  atomic_io.write_text(table + '\n', os.path.join(out, 'table.md'))
   similarity.write_json(report, os.path.join(out, 'similarity.json'))
   similarity.plot_histogram(named_sims, os.path.join(out, 'histogram.png'))
   if tsne:
@@ -106,4 +106,4 @@ def main(argv=None) -> int:
 
 if __name__ == '__main__':
   np.set_printoptions(precision=4)
-  sys.exit(main())
+  cli.run_argparse(main, expected=(ValueError,))  # ValueError: a bad input named by its message

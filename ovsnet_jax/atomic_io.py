@@ -8,6 +8,7 @@ it without a traceback (`ovsnet_jax.cli.run`).
   atomic_io.write_json(results, 'out/eval_ade150.json')
   atomic_io.write_bytes(png_bytes, 'out/seg.png')
   with atomic_io.open_atomic('out/labels.png', 'wb') as f: image.save(f, format='PNG')
+  with atomic_io.path_atomic('out/w.safetensors') as tmp: save_file(arrays, tmp)  # libraries that take a path
 """
 import contextlib
 import errno
@@ -57,6 +58,39 @@ def open_atomic(path: str, mode: str = 'w', **kwargs) -> Iterator[Any]:
   except BaseException:
     _remove_quietly(tmp)
     raise
+
+
+@contextlib.contextmanager
+def path_atomic(path: str) -> Iterator[str]:
+  """A temporary path for a library that writes a file by name; renamed to `path` if the block succeeds."""
+  path = os.fspath(path)
+  parent = os.path.dirname(os.path.abspath(path))
+  try:
+    os.makedirs(parent, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
+    os.close(fd)
+  except OSError as e:
+    raise OutputError(e.errno, f'cannot write {path}: {_reason(e)}') from e
+  try:
+    yield tmp
+    with open(tmp, 'rb+') as f:
+      os.fsync(f.fileno())
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
+  except OSError as e:
+    _remove_quietly(tmp)
+    if isinstance(e, OutputError):
+      raise
+    raise OutputError(e.errno, f'cannot write {path}: {_reason(e)}') from e
+  except BaseException:
+    _remove_quietly(tmp)
+    raise
+
+
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
 
 
 def _remove_quietly(path: str) -> None:

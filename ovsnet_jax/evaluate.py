@@ -240,13 +240,40 @@ def checkpoint_step_dir(path: str) -> str:
 
 
 def load_params(path: str) -> dict:
-  """OVSNet params of the latest checkpoint under `path` (see `checkpoint_step_dir`), on the host."""
+  """OVSNet params of the latest checkpoint under `path` (see `checkpoint_step_dir`), on the host.
+
+  Verifies the checkpoint's per-array checksums (when it has them) and refuses params with NaN or
+  infinite values (a diverged run): both raise `cli.UserError` naming the checkpoint.
+  """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  state_dir = os.path.join(checkpoint_step_dir(os.path.abspath(path)), 'state')
-  with ocp.StandardCheckpointer() as ckptr:
-    state = ckptr.restore(state_dir)
+  from ovsnet_jax import checkpointing, cli  # pylint: disable=g-import-not-at-top
+  step_dir = checkpoint_step_dir(os.path.abspath(path))
+  state_dir = os.path.join(step_dir, 'state')
+  try:
+    with ocp.StandardCheckpointer() as ckptr:
+      state = ckptr.restore(state_dir)
+  except Exception as e:  # pylint: disable=broad-except (orbax/tensorstore raise many types on damage)
+    raise cli.UserError(f'{step_dir}: cannot read the checkpoint ({type(e).__name__}: '
+                        f'{str(e).strip().splitlines()[0][:300] if str(e).strip() else ""}); pass an older '
+                        '<workdir>/checkpoints/<step> folder') from e
   if 'params' not in state:
     raise ValueError(f'{state_dir}: expected a train state with "params", got keys {sorted(state)}')
+  sums_file = os.path.join(step_dir, 'checksums', 'metadata')
+  if os.path.isfile(sums_file):
+    with open(sums_file) as f:
+      expected = json.load(f)['state']
+    try:
+      checkpointing.verify_checksums(expected, checkpointing.array_checksums(state), state_dir)
+    except checkpointing.CheckpointError as e:
+      raise cli.UserError(f'{e}: the checkpoint is damaged; pass an older <workdir>/checkpoints/<step> '
+                          'folder') from e
+  bad = {jax.tree_util.keystr(p): int(np.size(x) - np.isfinite(x).sum())
+         for p, x in jax.tree_util.tree_flatten_with_path(state['params'])[0]
+         if np.issubdtype(np.asarray(x).dtype, np.floating) and not np.isfinite(x).all()}
+  if bad:
+    first = next(iter(bad))
+    raise cli.UserError(f'{step_dir}: the params hold {sum(bad.values())} NaN/infinite values in {len(bad)} '
+                        f'arrays (first: {first}): the run diverged; evaluate an earlier checkpoint')
   return state['params']
 
 
@@ -281,8 +308,6 @@ def _json_ready(x):
 
 
 def write_results(results: dict, path: str) -> None:
-  """JSON with NaN (classes without ground truth) written as null."""
-  clean = _json_ready(results)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, 'w') as f:
-    json.dump(clean, f, indent=1, sort_keys=True)
+  """JSON with NaN (classes without ground truth) written as null; atomic (`atomic_io.OutputError`)."""
+  from ovsnet_jax import atomic_io  # pylint: disable=g-import-not-at-top
+  atomic_io.write_json(_json_ready(results), path, indent=1, sort_keys=True)

@@ -20,6 +20,7 @@ from flax import struct
 
 from ovsnet_jax import losses
 from ovsnet_jax import optim
+from ovsnet_jax import train_guard
 from ovsnet_jax.losses import criterion
 
 
@@ -71,7 +72,8 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: nn.Modu
 
   Returns:
     (new state, metrics): every loss term of the criterion, `loss`, `lr`, `l2_grads` (before
-    clipping) and `l2_params` over the trainable params.
+    clipping), `l2_params` over the trainable params and `finite` (bool: loss and `l2_grads` are
+    finite; when not, params and optimizer state come back unchanged, only `step` advances).
   """
   rng = jax.random.fold_in(rng, state.step)
   trainable, frozen = split_frozen(state.params)
@@ -84,9 +86,15 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: nn.Modu
   full_grads = {**grads, **jax.tree.map(jnp.zeros_like, frozen)}
   tx = optim.make_optimizer(cfg.train)
   updates, opt_state = tx.update(full_grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  l2_grads = l2_norm(grads)
+  # Divergence guard: a non-finite loss or gradient norm applies no update (no non-finite state
+  # can ever be saved); `train_guard` counts such steps on the device.
+  finite = jnp.isfinite(loss) & jnp.isfinite(l2_grads)
+  keep_if_bad = lambda new, old: jnp.where(finite, new, old)
+  params = jax.tree.map(keep_if_bad, optax.apply_updates(state.params, updates), state.params)
+  opt_state = jax.tree.map(keep_if_bad, opt_state, state.opt_state)
   metrics = {**metrics, 'loss': loss, 'lr': optim.learning_rate_schedule(cfg.train)(state.step),
-             'l2_grads': l2_norm(grads), 'l2_params': l2_norm(split_frozen(params)[0])}
+             'l2_grads': l2_grads, 'l2_params': l2_norm(split_frozen(params)[0]), 'finite': finite}
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
@@ -100,20 +108,26 @@ def make_step_fn(model: nn.Module, cfg: ml_collections.ConfigDict):
 # ----------------------------------------------------------------------------------------------
 # The training loop.
 
+class ConfigError(ValueError):
+  """A training config field has a bad value; the message names the field."""
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """Raises a ValueError naming the first bad field of the training config."""
+  """Raises a ConfigError naming the first bad field of the training config."""
   t = config.train
   positive = {'batch_size': t.batch_size, 'num_steps': t.num_steps, 'log_every': t.log_every,
               'checkpoint_every': t.checkpoint_every, 'eval_every': t.eval_every, 'lr': t.lr}
   for name, value in positive.items():
     if not value > 0:
-      raise ValueError(f'config.train.{name} must be > 0, got {value!r}')
+      raise ConfigError(f'config.train.{name} must be > 0, got {value!r}')
   if not 0 <= t.warmup_steps <= t.num_steps:
-    raise ValueError(f'config.train.warmup_steps must be in [0, num_steps={t.num_steps}], got {t.warmup_steps}')
+    raise ConfigError(f'config.train.warmup_steps must be in [0, num_steps={t.num_steps}], got {t.warmup_steps}')
   if t.weight_decay < 0 or t.grad_clip < 0:
-    raise ValueError(f'config.train.weight_decay and grad_clip must be >= 0, got {t.weight_decay}, {t.grad_clip}')
+    raise ConfigError(f'config.train.weight_decay and grad_clip must be >= 0, got {t.weight_decay}, {t.grad_clip}')
+  if t.keep_checkpoints < 0:
+    raise ConfigError(f'config.train.keep_checkpoints must be >= 0 (0 = keep all), got {t.keep_checkpoints}')
   if not 0 <= t.stop_at_step <= t.num_steps:
-    raise ValueError(f'config.train.stop_at_step must be in [0, num_steps={t.num_steps}] (0 = num_steps), '
+    raise ConfigError(f'config.train.stop_at_step must be in [0, num_steps={t.num_steps}] (0 = num_steps), '
                      f'got {t.stop_at_step}')
 
 
@@ -203,49 +217,74 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state = jax.jit(init_fn, out_shardings=state_sh)(init_rng, clip_params)
   else:
     state, rng = restored.state, restored.rng
-    if restored.data_state is not None:
-      data_iter.set_state(restored.data_state)
+    data_iter.set_state(restored.data_state)
     if main:
       print(f'Resumed from {ckpt.directory} at step {restored.step}', flush=True)
   del clip_params
 
-  step_fn = sharding.jit_train_step(make_step_fn(model, config), state_sh, mesh)
+  step_fn = sharding.jit_train_step(train_guard.guarded_step(make_step_fn(model, config)), (state_sh, rep), mesh)
+  guard = jax.device_put(train_guard.init_guard(), rep)
   start, stop = int(jax.device_get(state.step)), t.stop_at_step or t.num_steps
   writer = tensorboardX.SummaryWriter(t.log_dir or os.path.join(workdir, 'tensorboard')) if main else None
   bar = tqdm.tqdm(total=t.num_steps, initial=start, disable=not main, desc='train', dynamic_ncols=True)
   result = {'step': start, 'train': {}, 'eval': {}}
   tick, tick_step = time.perf_counter(), start
-  for step in range(start, stop):
-    host_batch = next(data_iter)
-    # The criterion point-samples at most a static budget of matched masks per batch.
-    criterion.check_mask_budget(host_batch['valid'], config.model.decoder.num_queries,
-                                t.sampled_masks_per_image, where=f'train step {step}')
-    batch = pipeline.to_device_batch(host_batch, mesh)
-    state, metrics = step_fn(state, batch, rng, text)
-    done = step + 1
-    if step == start:  # the first step compiles: keep it out of img/s
-      jax.block_until_ready(metrics)
-      _log_scalars(writer, done, {'perf/compile_and_first_step_s': time.perf_counter() - tick})
-      tick, tick_step = time.perf_counter(), done
-    elif done % t.log_every == 0 or done == stop:
-      metrics = jax.device_get(metrics)
-      elapsed = time.perf_counter() - tick
-      sec_per_step = elapsed / max(done - tick_step, 1)
-      perf = {'perf/img_per_s': t.batch_size / sec_per_step, 'perf/eta_min': (t.num_steps - done) * sec_per_step / 60}
-      _log_scalars(writer, done, {**{f'train/{k}': v for k, v in metrics.items()}, **perf})
-      bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.2e}", img_s=f"{perf['perf/img_per_s']:.1f}")
-      result['train'] = {k: float(v) for k, v in metrics.items()}
-      tick, tick_step = time.perf_counter(), done
-    bar.update(1)
-    ckpt.save(done, state, rng, data_iter.get_state(), force=done == stop)
-    if done % t.eval_every == 0:
-      result['eval'] = evaluate.evaluate_params(config, model, state.params, classify, mesh)
-      scalars = {k: float(v) for k, v in result['eval'].items() if _is_number(v)}
-      _log_scalars(writer, done, {f'eval/{k}': v for k, v in scalars.items()})
-      bar.write(f'step {done}: {config.eval.dataset} ' + ', '.join(f'{k} {v:.2f}' for k, v in scalars.items()))
-    result['step'] = done
-  bar.close()
-  ckpt.close()
-  if writer is not None:
-    writer.close()
+  last_saved = ckpt.step_dir(start) if restored is not None else ''
+  failed = True
+  try:
+    with train_guard.PreemptionSignal() as preemption:
+      for step in range(start, stop):
+        host_batch = next(data_iter)
+        # The criterion point-samples at most a static budget of matched masks per batch.
+        criterion.check_mask_budget(host_batch['valid'], config.model.decoder.num_queries,
+                                    t.sampled_masks_per_image, where=f'train step {step}')
+        batch = pipeline.to_device_batch(host_batch, mesh)
+        (state, guard), metrics = step_fn((state, guard), batch, rng, text)
+        done = step + 1
+        ckpt.check_for_errors()  # a failed background save stops the run at the next step
+        preempted = preemption.requested or (ckpt.reached_preemption(done) and 'preemption sync point')
+        save_due = done % t.checkpoint_every == 0 or done == stop or preempted
+        if step == start:  # the first step compiles: keep it out of img/s
+          jax.block_until_ready(metrics)
+          _log_scalars(writer, done, {'perf/compile_and_first_step_s': time.perf_counter() - tick})
+          tick, tick_step = time.perf_counter(), done
+        elif done % t.log_every == 0 or done == stop:
+          metrics = jax.device_get(metrics)
+          elapsed = time.perf_counter() - tick
+          sec_per_step = elapsed / max(done - tick_step, 1)
+          perf = {'perf/img_per_s': t.batch_size / sec_per_step,
+                  'perf/eta_min': (t.num_steps - done) * sec_per_step / 60}
+          nonfinite = {'train/nonfinite_steps': int(jax.device_get(guard['nonfinite']))}
+          _log_scalars(writer, done, {**{f'train/{k}': v for k, v in metrics.items()}, **perf, **nonfinite})
+          bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.2e}",
+                          img_s=f"{perf['perf/img_per_s']:.1f}", **({'skipped': nonfinite['train/nonfinite_steps']}
+                                                                     if nonfinite['train/nonfinite_steps'] else {}))
+          result['train'] = {k: float(v) for k, v in metrics.items()}
+          tick, tick_step = time.perf_counter(), done
+        bar.update(1)
+        if save_due or done % t.log_every == 0 or done % t.eval_every == 0:  # never save past a divergence
+          result['nonfinite_steps'] = train_guard.check_guard(guard, skip_nonfinite=t.skip_nonfinite,
+                                                              last_checkpoint=last_saved)
+        if ckpt.save(done, state, rng, data_iter.get_state(), force=done == stop or bool(preempted)):
+          last_saved = ckpt.step_dir(done)
+        if preempted:
+          ckpt.wait()  # committed before the process exits
+          raise train_guard.Preempted(done, ckpt.step_dir(done), preempted)
+        if done % t.eval_every == 0:
+          result['eval'] = evaluate.evaluate_params(config, model, state.params, classify, mesh)
+          scalars = {k: float(v) for k, v in result['eval'].items() if _is_number(v)}
+          _log_scalars(writer, done, {f'eval/{k}': v for k, v in scalars.items()})
+          bar.write(f'step {done}: {config.eval.dataset} ' + ', '.join(f'{k} {v:.2f}' for k, v in scalars.items()))
+        result['step'] = done
+    failed = False
+  finally:  # an exception still waits for the save in progress (its failure is reported if nothing else failed)
+    bar.close()
+    if writer is not None:
+      writer.close()
+    try:
+      ckpt.close()
+    except checkpointing.CheckpointError as e:
+      if not failed:
+        raise
+      print(f'error: {e}', flush=True)
   return result

@@ -23,10 +23,8 @@ rebuilds from its own config) is never exported. Every param of our tree must ma
 unmapped one (e.g. the learned 'self_attn'/'cross_attn' fusion, which FC-CLIP does not have) is an
 error naming it.
 """
-import json
 import os
 import re
-import uuid
 from typing import NamedTuple, Optional
 
 import jax
@@ -300,17 +298,14 @@ def metadata(state: dict, config, checkpoint: str = '', step: Optional[int] = No
 
 
 def _atomic_write(path: str, write) -> None:
-  """Calls `write(tmp_path)` on a temporary sibling of `path`, then renames it to `path`."""
-  # A fresh name created by `write` itself, so the file gets the usual umask permissions.
-  name = f'.{os.path.basename(path)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}'
-  tmp = os.path.join(os.path.dirname(path), name)
-  try:
+  """Calls `write(tmp_path)` on a temporary sibling of `path`, then renames it to `path`.
+
+  A failed write (full or read-only disk) leaves no file and raises `atomic_io.OutputError`
+  naming `path`.
+  """
+  from ovsnet_jax import atomic_io  # pylint: disable=g-import-not-at-top
+  with atomic_io.path_atomic(path) as tmp:
     write(tmp)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
 
 
 def save(state: dict, meta: dict, out: str, overwrite: bool = False) -> tuple[str, str]:
@@ -329,7 +324,6 @@ def save(state: dict, meta: dict, out: str, overwrite: bool = False) -> tuple[st
   for path in (out, side):
     if os.path.exists(path) and not overwrite:
       raise FileExistsError(f'{path!r} exists; pass --overwrite to replace it.')
-  os.makedirs(os.path.dirname(out), exist_ok=True)
   arrays = {k: np.array(v, np.float32, order='C') for k, v in state.items()}
   if ext == '.safetensors':  # no torch needed
     from safetensors import numpy as st_numpy  # pylint: disable=g-import-not-at-top
@@ -339,10 +333,8 @@ def save(state: dict, meta: dict, out: str, overwrite: bool = False) -> tuple[st
     _atomic_write(out, lambda p: torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, p))
   meta = {**meta, 'weights': os.path.basename(out)}
 
-  def write_json(p):
-    with open(p, 'w') as f:
-      json.dump(meta, f, indent=1)
-  _atomic_write(side, write_json)
+  from ovsnet_jax import atomic_io  # pylint: disable=g-import-not-at-top
+  atomic_io.write_json(meta, side, indent=1)
   return out, side
 
 

@@ -168,8 +168,6 @@ def write_class_file(vocabulary: List[List[str]], path: str) -> None:
 
 
 def atomic_write(path: str, text: str) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + '.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    f.write(text)
-  os.replace(tmp, path)
+  """`text` to `path` atomically (`atomic_io.OutputError` names the path on a full/read-only disk)."""
+  from ovsnet_jax import atomic_io  # pylint: disable=g-import-not-at-top
+  atomic_io.write_text(text, path)

@@ -7,12 +7,12 @@ of the pool, the first k of it, so a larger vocabulary contains every smaller on
 never occur in the ground truth; the evaluator's mIoU averages the classes with ground truth
 (the dataset's own), so predicting a distractor only costs IoU.
 """
-import os
 from typing import Any, Callable, Dict, List, Sequence
 
 import numpy as np
 
 from ovsnet_jax import evaluate
+from ovsnet_jax.openbench import similarity
 
 FIGURES = ('mIoU', 'fwIoU', 'mACC', 'pACC')
 
@@ -108,6 +108,5 @@ def plot_study(study: Dict[str, Any], path: str, label: str = '') -> None:
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=120)
+  similarity.save_figure(fig, path)
   plt.close(fig)

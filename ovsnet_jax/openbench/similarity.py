@@ -166,8 +166,7 @@ def plot_histogram(named_sims: Dict[str, np.ndarray], path: str, bins: int = 20)
   ax.set_ylabel('fraction of classes')
   ax.legend()
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=120)
+  save_figure(fig, path)
   plt.close(fig)
 
 
@@ -203,12 +202,17 @@ def plot_tsne(points: Dict[str, np.ndarray], path: str) -> None:
   ax.set_xticks([])
   ax.set_yticks([])
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=120)
+  save_figure(fig, path)
   plt.close(fig)
 
 
 def write_json(obj, path: str) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, 'w', encoding='utf-8') as f:
-    json.dump(obj, f, indent=1, sort_keys=True)
+  from ovsnet_jax import atomic_io  # pylint: disable=g-import-not-at-top
+  atomic_io.write_json(obj, path, indent=1, sort_keys=True)
+
+
+def save_figure(fig, path: str) -> None:
+  """A matplotlib figure as PNG, atomically (`atomic_io.OutputError` names the path)."""
+  from ovsnet_jax import atomic_io  # pylint: disable=g-import-not-at-top
+  with atomic_io.open_atomic(path, 'wb') as f:
+    fig.savefig(f, format='png', dpi=120)

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps
 import tqdm
 
+from ovsnet_jax import atomic_io
 from ovsnet_jax.input.datasets import decode
 from ovsnet_jax.openbench import build, similarity, sources
 
@@ -37,7 +38,7 @@ def read_jsonl(path: str) -> List[dict]:
       if n == len(lines):  # no newline after it: an interrupted write
         break
       raise ValueError(f'{path}: line {n} is not JSON ({e}); delete the file to redo this step') from e
-  with open(path, 'w', encoding='utf-8') as f:  # rewrite without a truncated tail
+  with atomic_io.open_atomic(path, 'w', encoding='utf-8') as f:  # rewrite without a truncated tail
     f.writelines(json.dumps(r, sort_keys=True) + '\n' for r in records)
   return records
 
@@ -86,12 +87,11 @@ def copy_image(src_path: str, dst_path: str, label_hw: tuple, label_path: str) -
   if (size[1], size[0]) != tuple(label_hw):
     raise ValueError(f'{src_path}: image is {size[1]}x{size[0]} but its label {label_path} is '
                      f'{label_hw[0]}x{label_hw[1]}')
-  tmp = dst_path + '.tmp'
-  if fmt == 'JPEG' and not rotated:
-    shutil.copyfile(src_path, tmp)
-  else:
-    Image.fromarray(decode.read_image(src_path)).save(tmp, format='JPEG', quality=95, subsampling=0)
-  os.replace(tmp, dst_path)
+  with atomic_io.path_atomic(dst_path) as tmp:
+    if fmt == 'JPEG' and not rotated:
+      shutil.copyfile(src_path, tmp)
+    else:
+      Image.fromarray(decode.read_image(src_path)).save(tmp, format='JPEG', quality=95, subsampling=0)
 
 
 def build_openbench(srcs: Sequence[sources.Source], encode: similarity.EncodeFn, out_root: str, *,
@@ -142,8 +142,8 @@ def build_openbench(srcs: Sequence[sources.Source], encode: similarity.EncodeFn,
       item = src[rec['index']]
       label = luts[src.name][src.read_label(rec['index']) + 2]  # (H, W) uint16
       ann = os.path.join(base, 'annotations', item.stem + '.png')
-      Image.fromarray(label).save(ann + '.tmp', format='PNG')
-      os.replace(ann + '.tmp', ann)
+      with atomic_io.open_atomic(ann, 'wb') as png:
+        Image.fromarray(label).save(png, format='PNG')
       copy_image(item.image_path, os.path.join(base, 'images', item.stem + '.jpg'), label.shape,
                  item.label_path)
       f.write(json.dumps({'stem': item.stem, 'image': item.image_path, 'label': item.label_path,
