@@ -98,7 +98,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Text classifier (prompted CLIP text embeddings, cached per vocabulary).
   c.text = ml_collections.ConfigDict()
   c.text.templates = 'vild'  # the 14 VILD templates
-  c.text.cache_dir = ''  # '' -> <workdir>/text_cache
+  c.text.cache_dir = ''  # '' -> the user cache ($OVSNET_JAX_CACHE/text or ~/.cache/ovsnet_jax/text); 'none' -> off
 
   c.clip_checkpoint = ''  # directory written by launch/convert_open_clip.py; '' -> random init.
 

@@ -13,7 +13,6 @@ import json
 import os
 import sys
 
-from absl import app
 from absl import flags
 from absl import logging
 import jax
@@ -22,16 +21,17 @@ from ml_collections import config_flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from ovsnet_jax import cli
 from ovsnet_jax import evaluate
+from ovsnet_jax import loading
 from ovsnet_jax import sharding
-from ovsnet_jax import train
-from ovsnet_jax.models import ovsnet
 from ovsnet_jax.openbench import class_count
 from ovsnet_jax.text import vocab
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
 _CLIP = flags.DEFINE_string('clip', '', "Converted CLIP directory; '' -> config.clip_checkpoint.")
-_CHECKPOINT = flags.DEFINE_string('checkpoint', '', "Training workdir / checkpoint; '' -> random decoder.")
+_CHECKPOINT = flags.DEFINE_string('checkpoint', '', "Training workdir / checkpoint or FC-CLIP .pth; '' -> random "
+                                  'decoder.')
 _DATASET = flags.DEFINE_string('dataset', '', "Dataset name; '' -> config.eval.dataset.")
 _DATA_ROOT = flags.DEFINE_string('data_root', '', "$DETECTRON2_DATASETS folder; '' -> config.data.root.")
 _MAX_IMAGES = flags.DEFINE_integer('max_images', -1, 'Evaluate the first N images; -1 -> config.')
@@ -39,16 +39,16 @@ _KS = flags.DEFINE_list('ks', ['0', '50', '100', '200', '400'], 'Numbers of irre
 _POOL = flags.DEFINE_string('pool', 'ade847', 'Distractor pool: shipped vocabulary or class-name file.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the distractor draw.')
 _OUT = flags.DEFINE_string('out', '', 'Output directory (class_count.json, class_count.png).')
-_CACHE_DIR = flags.DEFINE_string('text_cache', '', "Text-classifier cache; '' -> config.text.cache_dir or none.")
+_CACHE_DIR = flags.DEFINE_string('text_cache', '', "Text-classifier cache; '' -> config.text.cache_dir or the user "
+                                 "cache, 'none' -> off.")
 flags.mark_flags_as_required(['config', 'out'])
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    raise cli.UserError(f'unexpected arguments: {argv[1:]}')
+  cli.quiet_logs()
   config = _CONFIG.value
-  if _CLIP.value:
-    config.clip_checkpoint = _CLIP.value
   if _DATASET.value:
     config.eval.dataset = _DATASET.value
   if _DATA_ROOT.value:
@@ -58,23 +58,20 @@ def main(argv):
   try:
     ks = [int(k) for k in _KS.value]
   except ValueError as e:
-    raise app.UsageError(f'--ks: expected comma-separated integers, got {_KS.value}') from e
+    raise cli.UserError(f'--ks: expected comma-separated integers, got {_KS.value}') from e
+  pool = vocab.resolve_vocabulary(_POOL.value)  # a typo fails before the model loads
   mesh = sharding.make_mesh()
-  _, clip_params = train.load_clip(config)
-  model = ovsnet.build_model(config)
-  if _CHECKPOINT.value:
-    params = evaluate.load_params(_CHECKPOINT.value)
-  else:
+  loaded = loading.load_model(config, _CHECKPOINT.value, _CLIP.value, _CACHE_DIR.value)
+  if not _CHECKPOINT.value:
     logging.warning('No --checkpoint: evaluating a randomly initialised decoder.')
-    params = ovsnet.init_params(config, jax.random.PRNGKey(config.seed), clip_params)
-  params = jax.device_put(params, sharding.replicated(mesh))
-  classify = train.text_classifier(config, clip_params, _CACHE_DIR.value or config.text.cache_dir or None)
-  del clip_params
+  params = jax.device_put(loaded.params, sharding.replicated(mesh))
+  classify, model, config = loaded.classify, loaded.model, loaded.config
+  del loaded
   dataset = config.eval.dataset
   reader = evaluate.eval_reader(config, dataset)
   names, _ = evaluate.dataset_vocabulary(config, dataset, reader)
   study = class_count.run_study(config, evaluate.ovsnet_semantic_fn(model), params, classify, mesh, dataset,
-                                reader, names, vocab.resolve_vocabulary(_POOL.value), ks, seed=_SEED.value,
+                                reader, names, pool, ks, seed=_SEED.value,
                                 progress=jax.process_index() == 0)
   study.update({'pool': _POOL.value, 'checkpoint': _CHECKPOINT.value})
   if jax.process_index() == 0:
@@ -88,4 +85,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

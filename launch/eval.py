@@ -6,14 +6,16 @@ r"""Evaluates OVSNet semantic segmentation (mIoU, fwIoU, pACC, mACC, seen/unseen
   # any config field: --config.eval.batch_size=8 --config.eval.pad_mode=multiple
 
 --checkpoint is a training workdir, its `checkpoints/` folder or one `checkpoints/<step>` folder
-(the latest step is used); without it the decoder is randomly initialised (pipeline checks only).
+(the latest step is used), or an FC-CLIP weights file (FC-CLIP's released fcclip_cocopan.pth with
+--config=configs/ovsnet_large.py:fusion=none, or --fusion=gfa for training-free GFA; its own CLIP is
+used unless --clip is given); without it the decoder is randomly initialised (pipeline checks only).
+The text classifier is cached in the user cache (~/.cache/ovsnet_jax/text; --text_cache=none: off).
 The test-time resize is the dataset's (800/1333, Cityscapes 1024/2560) unless
 --config.data.eval_size_from_dataset=False (then data.eval_min_size / eval_max_size).
 """
 import os
 import sys
 
-from absl import app
 from absl import flags
 from absl import logging
 import jax
@@ -22,21 +24,25 @@ from ml_collections import config_flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `configs` importable
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from ovsnet_jax import cli
 from ovsnet_jax import evaluate
+from ovsnet_jax import loading
 from ovsnet_jax import sharding
-from ovsnet_jax import train
-from ovsnet_jax.models import ovsnet
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
 _CLIP = flags.DEFINE_string('clip', '', 'Converted CLIP directory (launch/convert_open_clip.py); '
                             "'' -> config.clip_checkpoint.")
-_CHECKPOINT = flags.DEFINE_string('checkpoint', '', "Training workdir / checkpoint; '' -> random decoder.")
+_CHECKPOINT = flags.DEFINE_string('checkpoint', '', "Training workdir / checkpoint or FC-CLIP .pth; '' -> random "
+                                  'decoder.')
+_FUSION = flags.DEFINE_enum('fusion', None, ['none', 'gfa'], "Override model.fusion ('gfa' on FC-CLIP weights: "
+                            'training-free GFA).')
 _DATASET = flags.DEFINE_string('dataset', '', "Dataset name (datasets.DATASETS or 'shapes'); '' -> config.eval.dataset.")
 _DATA_ROOT = flags.DEFINE_string('data_root', '', "$DETECTRON2_DATASETS folder; '' -> config.data.root.")
 _MAX_IMAGES = flags.DEFINE_integer('max_images', -1, 'Evaluate the first N images; -1 -> config.eval.max_images.')
 _OUT = flags.DEFINE_string('out', '', "Results JSON; '' -> config.eval.output, else <checkpoint>/eval_<dataset>.json.")
 _PER_CLASS = flags.DEFINE_bool('per_class', False, 'Print the per-class IoU table.')
-_CACHE_DIR = flags.DEFINE_string('text_cache', '', "Text-classifier cache; '' -> config.text.cache_dir or none.")
+_CACHE_DIR = flags.DEFINE_string('text_cache', '', "Text-classifier cache; '' -> config.text.cache_dir or the user "
+                                 "cache, 'none' -> off.")
 flags.mark_flags_as_required(['config'])
 
 
@@ -49,10 +55,9 @@ def output_path(config, checkpoint: str, dataset: str) -> str:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    raise cli.UserError(f'unexpected arguments: {argv[1:]}')
+  cli.quiet_logs()
   config = _CONFIG.value
-  if _CLIP.value:
-    config.clip_checkpoint = _CLIP.value
   if _DATASET.value:
     config.eval.dataset = _DATASET.value
   if _DATA_ROOT.value:
@@ -60,18 +65,12 @@ def main(argv):
   if _MAX_IMAGES.value >= 0:
     config.eval.max_images = _MAX_IMAGES.value
   mesh = sharding.make_mesh()
-  _, clip_params = train.load_clip(config)
-  model = ovsnet.build_model(config)
-  if _CHECKPOINT.value:
-    params = evaluate.load_params(_CHECKPOINT.value)
-    logging.info('Loaded params from %s', _CHECKPOINT.value)
-  else:
+  loaded = loading.load_model(config, _CHECKPOINT.value, _CLIP.value, _CACHE_DIR.value, _FUSION.value)
+  if not _CHECKPOINT.value:
     logging.warning('No --checkpoint: evaluating a randomly initialised decoder.')
-    init = jax.jit(lambda key, clip: ovsnet.init_params(config, key, clip))  # compiled: faster than eager
-    params = init(jax.random.PRNGKey(config.seed), clip_params)
-  params = jax.device_put(params, sharding.replicated(mesh))
-  classify = train.text_classifier(config, clip_params, _CACHE_DIR.value or config.text.cache_dir or None)
-  del clip_params
+  params = jax.device_put(loaded.params, sharding.replicated(mesh))
+  classify, model, config = loaded.classify, loaded.model, loaded.config
+  del loaded
   res = evaluate.evaluate_dataset(config, evaluate.ovsnet_semantic_fn(model), params, classify, mesh,
                                   progress=jax.process_index() == 0)
   if jax.process_index() == 0:
@@ -82,4 +81,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -68,24 +68,21 @@ def predict_labels(scores: jax.Array, image_size: jax.Array, orig_size: jax.Arra
   """
   k = scores.shape[-1]
   chunk = min(class_chunk, k)
-  num_chunks = -(-k // chunk)
-  padded = jnp.pad(scores, ((0, 0), (0, 0), (0, 0), (0, num_chunks * chunk - k)))
+  # Static slices, the last one shorter: no padded copy of the (B, Hp, Wp, K) scores (padding K=150
+  # to 256 doubled eval's peak memory).
+  bounds = [(c, min(c + chunk, k)) for c in range(0, k, chunk)]
 
-  def one_image(s, isz, osz):  # (Hp, Wp, K') -> (Hl, Wl)
-    def body(carry, c):
-      best, arg = carry
-      part = jax.lax.dynamic_slice_in_dim(s, c * chunk, chunk, axis=-1)  # (Hp, Wp, chunk)
-      part = resize_to_original(part, isz, osz, out_shape)  # (Hl, Wl, chunk)
-      part = jnp.where(c * chunk + jnp.arange(chunk) < k, part, -jnp.inf)  # padded classes never win
+  def one_image(s, isz, osz):  # (Hp, Wp, K) -> (Hl, Wl)
+    best = jnp.full(tuple(out_shape), -jnp.inf, s.dtype)
+    arg = jnp.zeros(tuple(out_shape), jnp.int32)
+    for lo, hi in bounds:
+      part = resize_to_original(s[..., lo:hi], isz, osz, out_shape)  # (Hl, Wl, hi - lo)
       part_best = part.max(-1)
       better = part_best > best
-      return (jnp.where(better, part_best, best),
-              jnp.where(better, part.argmax(-1).astype(jnp.int32) + c * chunk, arg)), None
-    init = (jnp.full(tuple(out_shape), -jnp.inf, s.dtype), jnp.zeros(tuple(out_shape), jnp.int32))
-    (_, arg), _ = jax.lax.scan(body, init, jnp.arange(num_chunks))
+      best, arg = jnp.where(better, part_best, best), jnp.where(better, part.argmax(-1).astype(jnp.int32) + lo, arg)
     return arg
 
-  return jax.vmap(one_image)(padded, image_size, orig_size)
+  return jax.vmap(one_image)(scores, image_size, orig_size)
 
 
 def make_eval_step(semantic_fn: Callable, num_classes: int,
@@ -109,17 +106,23 @@ def make_eval_step(semantic_fn: Callable, num_classes: int,
 def run_evaluation(step: tuple[Callable, Callable], params: Any, text: Any, batches: Iterable[dict],
                    mesh: Mesh, num_classes: int, *, total: Optional[int] = None,
                    progress: bool = True) -> np.ndarray:
-  """Runs `make_eval_step`'s pair over host batches (sharded over `mesh`); int64 (K, K) confusion."""
+  """Runs `make_eval_step`'s pair over host batches (sharded over `mesh`); int64 (K, K) confusion.
+
+  The progress bar counts images (`total`: the number of images; padding examples do not count).
+  """
   import tqdm  # pylint: disable=g-import-not-at-top
   from ovsnet_jax.input import pipeline  # pylint: disable=g-import-not-at-top
   scores_fn = jax.jit(step[0], out_shardings=NamedSharding(mesh, P('data')))
   confusion_fn = jax.jit(step[1], out_shardings=NamedSharding(mesh, P()))
   acc = metrics.ConfusionAccumulator(num_classes)
   show = progress and jax.process_index() == 0
-  for host_batch in tqdm.tqdm(batches, total=total, disable=not show, desc='eval', dynamic_ncols=True):
-    batch = pipeline.make_global(host_batch, mesh)
-    scores = scores_fn(params, batch['image'], text)  # (B, Hp, Wp, K)
-    acc.add(confusion_fn(scores, batch), int(np.prod(batch['sem_seg'].shape)))
+  with tqdm.tqdm(total=total, disable=not show, desc='eval', unit='img', dynamic_ncols=True) as bar:
+    for host_batch in batches:
+      batch = pipeline.make_global(host_batch, mesh)
+      scores = scores_fn(params, batch['image'], text)  # (B, Hp, Wp, K)
+      acc.add(confusion_fn(scores, batch), int(np.prod(batch['sem_seg'].shape)))
+      del scores  # the largest buffer: freed before the next batch's is allocated
+      bar.update(int(np.sum(host_batch['valid'])) * jax.process_count())  # images, not batches
   return acc.result()
 
 
@@ -186,8 +189,7 @@ def evaluate_dataset(config, semantic_fn: Callable, params: Any, text_fn: Callab
       num_workers=config.data.get('eval_num_workers', 0))
   n = len(reader) if e.max_images <= 0 else min(e.max_images, len(reader))
   step = make_eval_step(semantic_fn, len(names), e.get('class_chunk', 128))
-  conf = run_evaluation(step, params, text, ds, mesh, len(names), total=-(-n // e.batch_size),
-                        progress=progress)
+  conf = run_evaluation(step, params, text, ds, mesh, len(names), total=n, progress=progress)
   res = metrics.segmentation_metrics(conf, [c[0] for c in names], seen if seen.any() and not seen.all() else None)
   res['info'] = {'dataset': dataset, 'num_images': n, 'eval_size': [min_size, max_size]}
   return res

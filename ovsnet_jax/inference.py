@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ovsnet_jax import evaluate
 from ovsnet_jax.input import transforms
 from ovsnet_jax.models import clip
 from ovsnet_jax.models import heads
@@ -123,11 +124,12 @@ def semantic_logits(model, params: dict, images: jax.Array, text: dict, seen=Non
   return jnp.einsum('bqk,bqhw->bhwk', probs, masks, precision=jax.lax.Precision.HIGHEST)
 
 
-def chunked_argmax(probs: jax.Array, masks: jax.Array, chunk: int) -> dict:
+def chunked_argmax(probs: jax.Array, masks: jax.Array, chunk: int, valid: Optional[jax.Array] = None) -> dict:
   """Per-pixel argmax of sum_q probs[q, k] masks[q] over classes, ``chunk`` classes at a time.
 
   Args:
-    probs: (Q, K); masks: (Q, H, W) sigmoid masks.
+    probs: (Q, K); masks: (Q, H, W) sigmoid masks; valid: optional (H, W) bool, the pixels that
+      count for 'class_scores' (a bucket canvas's padding does not).
 
   Returns:
     {'labels': int32 (H, W), 'confidence': (H, W) winning score, 'class_scores': (K,) the
@@ -146,7 +148,8 @@ def chunked_argmax(probs: jax.Array, masks: jax.Array, chunk: int) -> dict:
     scores = jnp.where((ids < k)[:, None, None], scores, -jnp.inf)
     part_best, part_arg = scores.max(0), scores.argmax(0).astype(jnp.int32) + c * chunk
     better = part_best > best
-    return (jnp.where(better, part_best, best), jnp.where(better, part_arg, arg)), scores.max((1, 2))
+    counted = scores if valid is None else jnp.where(valid[None], scores, -jnp.inf)
+    return (jnp.where(better, part_best, best), jnp.where(better, part_arg, arg)), counted.max((1, 2))
 
   init = (jnp.full(masks.shape[1:], -jnp.inf, jnp.float32), jnp.zeros(masks.shape[1:], jnp.int32))
   (best, arg), class_max = jax.lax.scan(body, init, (jnp.arange(n), p))
@@ -167,7 +170,7 @@ def segment(params: dict, image: np.ndarray, class_names: Sequence[Sequence[str]
             classify: Optional[Callable] = None, text: Optional[dict] = None,
             train_classes: Optional[Sequence[Sequence[str]]] = None, min_size: int = 800,
             max_size: int = 1333, class_chunk: Optional[int] = None) -> dict:
-  """Segments one image with any vocabulary.
+  """Segments one image with any vocabulary (`segment_batch` with FC-CLIP's padding to 32).
 
   Args:
     params: OVSNet params.
@@ -192,22 +195,84 @@ def segment(params: dict, image: np.ndarray, class_names: Sequence[Sequence[str]
   if text['embeds'].shape[0] != len(class_names):
     raise ValueError(f"segment: text['embeds'] has {text['embeds'].shape[0]} classes, class_names {len(class_names)}")
   seen = vocab.seen_mask(class_names, train_classes)
-  chunk = int(class_chunk or model.config.ensemble.class_chunk)
-  images, (h, w) = preprocess(image, min_size, max_size, model.config.pixel_mean)
-  orig = image.shape[:2]
-  text = {'embeds': jnp.asarray(text['embeds']), 'valid': jnp.asarray(text['valid'])}
-  result = _segment_device(model, chunk, (h, w), tuple(orig), params, jnp.asarray(images), text, jnp.asarray(seen))
-  result = jax.device_get(result)
+  if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[-1] != 3:
+    raise ValueError(f'image: expected a (H, W, 3) uint8 RGB array, got {getattr(image, "shape", type(image))}')
+  result = segment_batch(params, [image], text, seen, model=model, min_size=min_size, max_size=max_size,
+                         bucket=32, batch_size=1, class_chunk=class_chunk)[0]
   result['seen'] = seen
   return result
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _segment_device(model, chunk: int, size: tuple[int, int], orig: tuple[int, int], params, images, text, seen):
-  """Device part of ``segment`` for one padded image (1, Hp, Wp, 3), resized size, original size."""
+def bucket_shapes(image_shape: tuple[int, int], min_size: int, max_size: int, bucket: int):
+  """(resized (h, w), input canvas (Hp, Wp), output canvas (Hl, Wl)) of one image: canvases rounded up
+  to `bucket` (a multiple of 32), so images of similar sizes share one compiled program."""
+  if bucket % 32:
+    raise ValueError(f'bucket: expected a multiple of 32 (the model stride), got {bucket}')
+  size = transforms.shortest_edge_size(image_shape[0], image_shape[1], min_size, max_size)
+  canvas = (transforms.round_up(size[0], bucket), transforms.round_up(size[1], bucket))
+  out = (transforms.round_up(image_shape[0], bucket), transforms.round_up(image_shape[1], bucket))
+  return size, canvas, out
+
+
+def segment_batch(params: dict, images: Sequence[np.ndarray], text: dict, seen, *, model, min_size: int = 800,
+                  max_size: int = 1333, bucket: int = 128, batch_size: int = 4,
+                  class_chunk: Optional[int] = None, on_done: Optional[Callable] = None) -> list[dict]:
+  """Segments many images with one vocabulary, batched by size bucket (one compile per bucket).
+
+  Images are resized as `segment` does, padded to a `bucket`-rounded canvas (extra padding, as
+  detectron2's batched inference pads every image to the batch's largest) and grouped by canvas;
+  each group runs `batch_size` images at a time (the last batch repeats an image). `bucket=32`
+  pads like single-image inference.
+
+  Args:
+    images: uint8 (H, W, 3) RGB arrays of any sizes.
+    text: TextClassifier dict of the K classes; seen: (K,) bool.
+    on_done: called with the number of images finished after each batch (progress bars).
+
+  Returns:
+    Per image, in input order, `segment`'s dict without 'seen'.
+  """
+  chunk = int(class_chunk or model.config.ensemble.class_chunk)
+  text = {'embeds': jnp.asarray(text['embeds']), 'valid': jnp.asarray(text['valid'])}
+  seen = jnp.asarray(seen, bool)
+  groups: dict = {}
+  for i, image in enumerate(images):
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[-1] != 3:
+      raise ValueError(f'images[{i}]: expected a (H, W, 3) uint8 RGB array, got {getattr(image, "shape", type(image))}')
+    size, canvas, out = bucket_shapes(image.shape[:2], min_size, max_size, bucket)
+    groups.setdefault((canvas, out), []).append((i, size))
+  results = [None] * len(images)
+  for (canvas, out), members in groups.items():
+    for start in range(0, len(members), batch_size):
+      part = members[start:start + batch_size]
+      part = part + [part[-1]] * (batch_size - len(part))  # static batch
+      batch = np.stack([transforms.pad_image(transforms.resize_image(images[i].astype(np.uint8), size), canvas,
+                                             model.config.pixel_mean) for i, size in part])
+      sizes = np.array([size for _, size in part], np.int32)
+      origs = np.array([images[i].shape[:2] for i, _ in part], np.int32)
+      res = jax.device_get(_segment_bucket(model, chunk, out, params, jnp.asarray(batch), sizes, origs, text, seen))
+      done = {}
+      for j, (i, _) in enumerate(part):
+        if i in done:
+          continue
+        h, w = images[i].shape[:2]
+        results[i] = {'labels': res['labels'][j, :h, :w], 'confidence': res['confidence'][j, :h, :w],
+                      'class_scores': res['class_scores'][j]}
+        done[i] = True
+      if on_done is not None:
+        on_done(len(done))
+  return results
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _segment_bucket(model, chunk: int, out_shape: tuple[int, int], params, images, sizes, origs, text, seen):
+  """Device part of `segment_batch`: (B, Hp, Wp, 3) canvases, dynamic resized/original sizes (B, 2)."""
   out = model_outputs(model, params, images)
-  probs = mask_class_probs(model, params, out, text, seen, chunk)[0]  # (Q, K)
-  masks = mask_pooling.resize_mask_logits(out['pred_masks'][-1], images.shape[1:3])  # (1, Q, Hp, Wp)
-  masks = jax.nn.sigmoid(masks)[:, :, :size[0], :size[1]]
-  masks = mask_pooling.resize_mask_logits(masks, orig)[0]  # (Q, H, W): resizing commutes with the class sum
-  return chunked_argmax(probs, masks, chunk)
+  probs = mask_class_probs(model, params, out, text, seen, chunk)  # (B, Q, K)
+  masks = jax.nn.sigmoid(mask_pooling.resize_mask_logits(out['pred_masks'][-1], images.shape[1:3]))  # (B, Q, Hp, Wp)
+
+  def one(p, m, size, orig):
+    m = evaluate.resize_to_original(jnp.moveaxis(m, 0, -1), size, orig, out_shape)  # (Hl, Wl, Q)
+    ys, xs = jnp.arange(out_shape[0])[:, None], jnp.arange(out_shape[1])[None, :]
+    return chunked_argmax(p, jnp.moveaxis(m, -1, 0), chunk, (ys < orig[0]) & (xs < orig[1]))
+  return jax.vmap(one)(probs, masks, sizes, origs)

@@ -18,6 +18,7 @@ import numpy as np
 import optax
 from flax import struct
 
+from ovsnet_jax import loading
 from ovsnet_jax import losses
 from ovsnet_jax import optim
 from ovsnet_jax import train_guard
@@ -137,34 +138,9 @@ def _reader(config: ml_collections.ConfigDict, name: str, split: str, semantic: 
   return pipeline.make_reader(name, config.data.root, split, semantic=semantic, **kwargs)
 
 
-def load_clip(config: ml_collections.ConfigDict) -> tuple[str, dict]:
-  """(variant, CLIP params {'visual', 'text', 'logit_scale'}) from `config.clip_checkpoint`, or random.
-
-  Random init (no checkpoint) uses `config.model.clip_variant` and `config.seed`: the smoke run and
-  tests train a tiny OVSNet on a random CLIP.
-  """
-  from ovsnet_jax.models import clip  # pylint: disable=g-import-not-at-top
-  if config.clip_checkpoint:
-    from ovsnet_jax.convert import open_clip as convert_open_clip  # pylint: disable=g-import-not-at-top
-    variant, params = convert_open_clip.load_clip_checkpoint(config.clip_checkpoint)
-    if variant != config.model.clip_variant:
-      raise ValueError(f'config.model.clip_variant={config.model.clip_variant!r} but '
-                       f'{config.clip_checkpoint} holds {variant!r}')
-    return variant, params
-  variant = config.model.clip_variant
-  return variant, clip.init_params(variant, jax.random.PRNGKey(config.seed + 1))
-
-
-def text_classifier(config: ml_collections.ConfigDict, clip_params: dict, cache_dir: str):
-  """The TextClassifier of the run's CLIP (checkpoint or random init, cached in `cache_dir`)."""
-  from ovsnet_jax.models import clip_text  # pylint: disable=g-import-not-at-top
-  from ovsnet_jax.text import classifier  # pylint: disable=g-import-not-at-top
-  if config.clip_checkpoint:
-    return classifier.TextClassifier.from_checkpoint(config.clip_checkpoint, cache_dir=cache_dir)
-  model = clip_text.CLIPText(config.model.clip_variant)
-  encode = jax.jit(lambda tokens: model.apply({'params': clip_params['text']}, tokens))
-  return classifier.TextClassifier(lambda tokens: jax.device_get(encode(tokens)), cache_dir=cache_dir,
-                                   cache_id=f'random-init:{config.model.clip_variant}:seed{config.seed + 1}')
+# Moved to ovsnet_jax/loading.py (one loading module for every launcher); kept importable here.
+load_clip = loading.load_clip
+text_classifier = loading.text_classifier
 
 
 def _is_number(v: Any) -> bool:
@@ -201,7 +177,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_ds = pipeline.train_dataset_from_config(reader, config)  # every config.data field
   data_iter = iter(train_ds)
   _, clip_params = load_clip(config)
-  classify = text_classifier(config, clip_params, config.text.cache_dir or os.path.join(workdir, 'text_cache'))
+  classify = text_classifier(config, clip_params, loading.text_cache_dir(config))
   text = jax.device_put(classify(evaluate.dataset_vocabulary(config, config.data.train, reader)[0]), rep)
 
   model = ovsnet.build_model(config)

@@ -8,7 +8,13 @@
 - `tiny_clip_dir`: that checkpoint converted by `launch/convert_open_clip.py`'s code path
   (load with `ovsnet_jax.convert.open_clip.load_clip_checkpoint`).
 """
+import os
+import tempfile
+
 import pytest
+
+# The text-classifier cache defaults to the user's ~/.cache; tests keep theirs in a temporary folder.
+os.environ.setdefault('OVSNET_JAX_CACHE', tempfile.mkdtemp(prefix='ovsnet_jax_test_cache_'))
 
 from ovsnet_jax.convert import open_clip as convert
 from ovsnet_jax.convert import open_clip_testing

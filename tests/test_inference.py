@@ -129,24 +129,3 @@ def test_segment_bad_input(tiny):
   with pytest.raises(ValueError, match=r'image: expected a \(H, W, 3\) uint8 RGB array, got \(32, 32\)'):
     inference.segment(params, image[..., 0], [['cat']], model=model, text={'embeds': np.ones((1, 1, 32)),
                                                                            'valid': np.ones((1, 1), bool)})
-
-
-def test_demo_overlay_and_legend():
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'launch', 'demo.py')
-  spec = importlib.util.spec_from_file_location('ovsnet_demo', path)
-  demo = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(demo)
-  image = np.full((30, 40, 3), 100, np.uint8)
-  labels = np.zeros((30, 40), np.int32)
-  labels[:, 30:] = 2  # 75% class 0, 25% class 2, class 1 absent
-  canvas = np.asarray(demo.render(image, labels, ['cat', 'dog', 'grass'], alpha=0.5))
-  colors = demo.palette(3)
-  assert len({tuple(c) for c in colors}) == 3
-  np.testing.assert_array_equal(canvas[5, 5], ((100 * 0.5 + colors[0] * 0.5)).astype(np.uint8))
-  np.testing.assert_array_equal(canvas[5, 35], ((100 * 0.5 + colors[2] * 0.5)).astype(np.uint8))
-  assert canvas.shape[0] == 44 and canvas.shape[1] > 40  # legend to the right: 2 rows of 18 px + 8
-  legend = canvas[:, 40:]
-  swatches = {tuple(p) for p in legend.reshape(-1, 3)}
-  assert tuple(colors[0]) in swatches and tuple(colors[2]) in swatches and tuple(colors[1]) not in swatches

@@ -50,8 +50,13 @@ def test_averaging_and_renormalisation_match_numpy():
   np.testing.assert_allclose(text['embeds'], expected, atol=1e-6)
   assert (text['embeds'][~text['valid']] == 0).all()
   np.testing.assert_allclose(np.linalg.norm(text['embeds'][text['valid']], axis=-1), 1, atol=1e-6)
-  # 7 distinct names x 14 templates = 98 prompts -> 7 calls of exactly 16 prompts (last padded).
-  assert encoder.calls == 7 and set(encoder.shapes) == {(16, 77)}
+  # 7 distinct names x 14 templates = 98 prompts -> 7 calls of exactly 16 prompts (last padded),
+  # each cut after its longest prompt (rounded up to 8 tokens).
+  assert encoder.calls == 7 and all(n == 16 and t % 8 == 0 and t < 77 for n, t in encoder.shapes)
+  untrimmed = BagOfTokensEncoder()
+  full = classifier_lib.TextClassifier(untrimmed, chunk_size=16, trim=False)(CLASSES)
+  assert set(untrimmed.shapes) == {(16, 77)}
+  np.testing.assert_allclose(text['embeds'], full['embeds'], atol=1e-6)
 
 
 def test_chunk_size_does_not_change_the_result():
@@ -217,3 +222,42 @@ def test_vild_templates_are_fcclips():
   assert templates.fill_templates('cat', templates.VILD_TEMPLATES)[2] == 'There is a cat in the scene'
   with pytest.raises(ValueError, match="config.text.templates: unknown template set 'clip'"):
     templates.get_templates('clip')
+
+
+def test_trim_tokens_hand_computed():
+  from ovsnet_jax.models import clip_text  # pylint: disable=g-import-not-at-top
+  tokens = np.zeros((2, 77), np.int32)
+  tokens[0, :4] = [49406, 320, 1929, 49407]  # SOT a cat EOT
+  tokens[1, :10] = [49406] + [320] * 8 + [49407]
+  assert clip_text.trim_tokens(tokens).shape == (2, 16)  # longest EOT at 9 -> 10 tokens -> 16
+  assert clip_text.trim_tokens(tokens, multiple=1).shape == (2, 10)
+  np.testing.assert_array_equal(clip_text.trim_tokens(tokens), tokens[:, :16])
+
+
+def test_trimmed_text_tower_equals_full_context(tiny_clip_checkpoint, tiny_clip_dir):
+  """The causal mask makes the EOT output independent of later positions: cut tokens, same embeddings."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from ovsnet_jax.convert import open_clip as convert  # pylint: disable=g-import-not-at-top
+  from ovsnet_jax.models import clip_text  # pylint: disable=g-import-not-at-top
+  _, params = convert.load_clip_checkpoint(tiny_clip_dir)
+  tokens = open_clip.tokenize(['a photo of a cat.', 'a photo of the small traffic light, fire hydrant.', ''])
+  apply = jax.jit(clip_text.CLIPText('test_tiny').apply)
+  full = np.asarray(apply({'params': params['text']}, tokens.numpy().astype(np.int32)))
+  cut = clip_text.trim_tokens(tokens.numpy().astype(np.int32))
+  assert cut.shape[1] < 77
+  trimmed = np.asarray(apply({'params': params['text']}, cut))
+  np.testing.assert_allclose(trimmed, full, rtol=0, atol=1e-6 * np.abs(full).max())
+  model = open_clip.create_model(tiny_clip_checkpoint['model_name'],
+                                 pretrained=tiny_clip_checkpoint['safetensors']).eval()
+  ref = model.encode_text(tokens).detach().numpy()  # open_clip on the full 77-token context
+  scale = np.abs(ref).max()
+  print('trimmed vs open_clip max abs err / scale:', np.abs(trimmed - ref).max() / scale)
+  assert np.abs(trimmed - ref).max() <= np.abs(full - ref).max() + 1e-6 * scale  # parity unchanged
+
+
+def test_default_cache_dir_is_the_user_cache(monkeypatch, tmp_path):
+  monkeypatch.delenv('OVSNET_JAX_CACHE', raising=False)
+  monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg'))
+  assert classifier_lib.default_cache_dir() == str(tmp_path / 'xdg' / 'ovsnet_jax' / 'text')
+  monkeypatch.setenv('OVSNET_JAX_CACHE', str(tmp_path / 'mine'))
+  assert classifier_lib.default_cache_dir() == str(tmp_path / 'mine' / 'text')

@@ -128,3 +128,26 @@ def test_seen_mask_against_coco():
   assert named['wall'] and named['sky'] and named['bed']
   assert not named['escalator'] and not named['armchair'] and not named['bathtub']
   assert vocab.seen_mask(vocab.load_class_names('coco_panoptic_133')).all()
+
+
+@pytest.mark.parametrize('spec,message', [
+    ('ade151', r"unknown vocabulary 'ade151'.*did you mean 'ade150'"),
+    ('ADE150', r"unknown vocabulary 'ADE150'.*did you mean 'ade150'"),
+    ('coco', r"unknown vocabulary 'coco'.*did you mean 'coco_panoptic_133' or 'coco_stuff_171'"),
+    ('my_classes/ade15.txt', r'class-name file not found: my_classes/ade15.txt \(did you mean .ade150.'),
+    ('cat', r"unknown vocabulary 'cat': a single name must be a shipped vocabulary.*one class: \"cat,\""),
+])
+def test_unknown_vocabulary_or_file_is_an_error_with_suggestions(spec, message):
+  with pytest.raises(vocab.VocabularyError, match=message):
+    vocab.resolve_vocabulary(spec)
+
+
+def test_vocabulary_error_is_a_user_error_and_a_value_error():
+  from ovsnet_jax import cli  # pylint: disable=g-import-not-at-top
+  assert issubclass(vocab.VocabularyError, cli.UserError) and issubclass(vocab.VocabularyError, ValueError)
+
+
+def test_one_class_with_a_trailing_comma():
+  assert vocab.resolve_vocabulary('cat,') == [['cat']]
+  assert vocab.resolve_vocabulary('dog|puppy') == [['dog', 'puppy']]
+  assert vocab.resolve_vocabulary(' ade150 ') == vocab.load_class_names('ade150')

@@ -6,7 +6,11 @@ is L2-normalised again (FC-CLIP ``get_text_classifier``). Classes have different
 synonyms; the result is padded to S = max synonyms with a ``valid`` mask. Logits merge synonyms
 by a max (FC-CLIP ``get_classification_logits``, "max ensemble as in OpenSeg/ODISE").
 
-Cache: ``<cache_dir>/text_<key>.npz`` where key = sha256 of (checkpoint identity, class list,
+Prompts are encoded shortest first, each chunk cut after its longest prompt (exact: CLIP's causal
+mask keeps the EOT output independent of later positions), with a progress bar.
+
+Cache: ``<cache_dir>/text_<key>.npz`` (``default_cache_dir()``: $OVSNET_JAX_CACHE/text, else
+$XDG_CACHE_HOME/ovsnet_jax/text, else ~/.cache/ovsnet_jax/text) where key = sha256 of (checkpoint identity, class list,
 templates, dtype). The file also stores the full key text; a file whose key, shapes, norms or
 finiteness do not check out is rebuilt, never trusted. Writes go to a temp file then ``os.replace``.
 """
@@ -21,6 +25,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tqdm
 
 from ovsnet_jax.models import layers
 from ovsnet_jax.text import templates as templates_lib
@@ -29,6 +34,15 @@ from ovsnet_jax.text import tokenizer as tokenizer_lib
 EncodeFn = Callable[[np.ndarray], np.ndarray]  # int32 (N, 77) -> (N, D)
 CACHE_FORMAT = 1
 EPS = 1e-12
+
+
+def default_cache_dir() -> str:
+  """The user's text-classifier cache: $OVSNET_JAX_CACHE/text, $XDG_CACHE_HOME/ovsnet_jax/text or ~/.cache/..."""
+  root = os.environ.get('OVSNET_JAX_CACHE')
+  if not root:
+    base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+    root = os.path.join(base, 'ovsnet_jax')
+  return os.path.join(root, 'text')
 
 
 def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -61,12 +75,15 @@ class TextClassifier:
     chunk_size: prompts per encoder call; the last chunk is zero-padded so shapes stay static.
     cache_dir: where cached classifiers go ('' or None: no cache).
     cache_id: identity of the encoder (e.g. its checkpoint hash); required with a cache_dir.
+    trim: cut each chunk of tokens after its longest prompt (the encoder must accept (N, T<=77)).
+    progress: a tqdm bar over prompts when the vocabulary needs more than one encoder call.
   """
 
   def __init__(self, encode_tokens: EncodeFn, *,
                templates: Sequence[str] = templates_lib.VILD_TEMPLATES,
                tokenizer: Optional[tokenizer_lib.Tokenizer] = None, chunk_size: int = 256,
-               cache_dir: Optional[str] = None, cache_id: Optional[str] = None):
+               cache_dir: Optional[str] = None, cache_id: Optional[str] = None, trim: bool = True,
+               progress: bool = True):
     if not templates or any(t.count('{}') != 1 for t in templates):
       raise ValueError(f'templates: expected a non-empty list with one "{{}}" each, got {templates!r}')
     if chunk_size < 1:
@@ -79,6 +96,8 @@ class TextClassifier:
     self.chunk_size = chunk_size
     self.cache_dir = cache_dir or None
     self.cache_id = cache_id
+    self.trim = trim
+    self.progress = progress
 
   @classmethod
   def from_params(cls, variant: str, text_params, *, dtype=jnp.float32,
@@ -120,20 +139,35 @@ class TextClassifier:
     return os.path.join(self.cache_dir, f'text_{digest}.npz')
 
   def embed_synonyms(self, synonyms: Sequence[str]) -> np.ndarray:
-    """(U,) names -> (U, D) float32: per name, the renormalised mean of normalised prompts."""
+    """(U,) names -> (U, D) float32: per name, the renormalised mean of normalised prompts.
+
+    Prompts are encoded shortest first, ``chunk_size`` at a time, each chunk cut after its longest
+    prompt (``clip_text.trim_tokens``, exact under the causal mask) when ``trim`` is set.
+    """
+    from ovsnet_jax.models import clip_text  # pylint: disable=g-import-not-at-top
     prompts = [p for s in synonyms for p in templates_lib.fill_templates(s, self.templates)]
     tokens = self.tokenizer(prompts)  # (U*T, 77)
     n = len(prompts)
+    order = np.argsort(np.argmax(tokens, axis=-1), kind='stable')  # shortest prompts first
+    tokens = tokens[order]
     pad = -n % self.chunk_size
     tokens = np.concatenate([tokens, np.zeros((pad, tokens.shape[1]), tokens.dtype)])
     chunks = []
-    for start in range(0, n + pad, self.chunk_size):
-      out = np.asarray(self.encode_tokens(tokens[start:start + self.chunk_size]), np.float32)
-      if out.ndim != 2 or out.shape[0] != self.chunk_size:
-        raise ValueError(f'encode_tokens: expected (N, D) for N={self.chunk_size} prompts, '
-                         f'got shape {out.shape}')
-      chunks.append(out)
-    feats = l2_normalize(np.concatenate(chunks)[:n])  # (U*T, D)
+    show = self.progress and n > self.chunk_size
+    with tqdm.tqdm(total=n, disable=not show, desc='text encoder', unit='prompt', dynamic_ncols=True) as bar:
+      for start in range(0, n + pad, self.chunk_size):
+        part = tokens[start:start + self.chunk_size]
+        if self.trim:
+          part = clip_text.trim_tokens(part)
+        out = np.asarray(self.encode_tokens(part), np.float32)
+        if out.ndim != 2 or out.shape[0] != self.chunk_size:
+          raise ValueError(f'encode_tokens: expected (N, D) for N={self.chunk_size} prompts, '
+                           f'got shape {out.shape}')
+        chunks.append(out)
+        bar.update(min(self.chunk_size, n - start))
+    feats = np.empty((n, chunks[0].shape[-1]), np.float32)
+    feats[order] = np.concatenate(chunks)[:n]
+    feats = l2_normalize(feats)  # (U*T, D)
     feats = feats.reshape(len(synonyms), len(self.templates), -1).mean(axis=1)  # (U, D)
     return l2_normalize(feats)
 

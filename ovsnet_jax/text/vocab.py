@@ -13,17 +13,49 @@ are skipped. Synonyms are split on ',' (FC-CLIP first turns ', ' into ','); we a
 Users' own files may use the same format or a plain list, one class per line (``cat`` or
 ``dog,puppy``), without indices. Duplicate synonyms inside one class are kept (FC-CLIP's lists
 have a few; they do not change a max over synonyms).
+
+A vocabulary given as one string (``resolve_vocabulary``: --classes, the Python API, the web demo):
+
+- with a ',' or '|': a class list, ',' between classes, '|' between synonyms
+  ("cat,dog|puppy,grass"); a trailing ',' is allowed, so "cat," is the one-class vocabulary [['cat']];
+- else, with a path separator or a file suffix ('/', '.txt', ...), or naming an existing file: a
+  class-name file; a missing file is an error naming it;
+- else (a single bare word or phrase, e.g. "ade150" or "coco"): the name of a shipped vocabulary
+  (``VOCABULARIES``); any other name is an error that suggests the closest shipped names. A bare
+  word is never silently read as a one-class vocabulary (a typo like "ade151" would otherwise paint
+  the whole image one class).
 """
+import difflib
 import os
 import re
 from typing import List, Optional, Sequence
 
 import numpy as np
 
+from ovsnet_jax import cli
+
 VOCABULARIES = ('coco_panoptic_133', 'coco_stuff_171', 'ade150', 'ade847', 'pc59', 'pc459',
                 'voc20', 'voc21', 'cityscapes19')
 INVALID_CLASS = 'invalid_class_id'
 _INDEXED_LINE = re.compile(r'^\s*(-?\d+)\s*:(.*)$')
+
+
+class VocabularyError(cli.UserError, ValueError):
+  """A vocabulary spec that names no shipped vocabulary, no file and no class list."""
+
+
+def closest_vocabularies(name: str, n: int = 3) -> List[str]:
+  """Shipped vocabulary names closest to `name` (difflib; prefix matches first), best first."""
+  low = os.path.splitext(os.path.basename(name.strip()))[0].lower()
+  prefix = [v for v in VOCABULARIES if low and (v.startswith(low) or low.startswith(v))]
+  close = difflib.get_close_matches(low, VOCABULARIES, n=n, cutoff=0.5)
+  return list(dict.fromkeys(prefix + close))[:n]
+
+
+def _suggest(name: str) -> str:
+  close = closest_vocabularies(name)
+  return (f"did you mean {' or '.join(repr(c) for c in close)}? " if close else '') + \
+      f'shipped vocabularies: {", ".join(VOCABULARIES)}'
 
 
 def class_names_dir() -> str:
@@ -96,34 +128,59 @@ def read_class_file(path: str) -> List[List[str]]:
 def load_class_names(name: str) -> List[List[str]]:
   """A shipped vocabulary by name, e.g. 'ade150' -> 150 lists of synonyms."""
   if name not in VOCABULARIES:
-    raise ValueError(f'unknown vocabulary {name!r}; expected one of {list(VOCABULARIES)} '
-                     'or use read_class_file(path) for your own list')
+    raise VocabularyError(f'unknown vocabulary {name!r}; expected one of {list(VOCABULARIES)} '
+                          f'or use read_class_file(path) for your own list ({_suggest(name)})')
   return read_class_file(os.path.join(class_names_dir(), f'{name}.txt'))
 
 
 def parse_class_arg(arg: str) -> List[List[str]]:
   """Classes from a command-line string: ',' between classes, '|' between synonyms.
 
-  'cat,dog|puppy,sky' -> [['cat'], ['dog', 'puppy'], ['sky']].
+  'cat,dog|puppy,sky' -> [['cat'], ['dog', 'puppy'], ['sky']]; one trailing ',' is allowed
+  ('cat,' -> [['cat']]).
   """
+  items = arg.split(',')
+  if len(items) > 1 and not items[-1].strip():
+    items = items[:-1]
   classes = []
-  for n, item in enumerate(arg.split(',')):
+  for n, item in enumerate(items):
     synonyms = [s.strip() for s in item.split('|')]
     if any(not s for s in synonyms):
-      raise ValueError(f'class list {arg!r}: class {n} is empty; expected e.g. "cat,dog|puppy"')
+      raise VocabularyError(f'class list {arg!r}: class {n} is empty; expected e.g. "cat,dog|puppy"')
     if synonyms in classes:
-      raise ValueError(f'class list {arg!r}: duplicate class {item.strip()!r}')
+      raise VocabularyError(f'class list {arg!r}: duplicate class {item.strip()!r}')
     classes.append(synonyms)
   return classes
 
 
+def looks_like_path(spec: str) -> bool:
+  """A path separator or a file suffix (e.g. '.txt'): the spec names a class-name file."""
+  return os.sep in spec or '/' in spec or bool(os.path.splitext(spec)[1].strip('.').isalnum()
+                                                and os.path.splitext(spec)[1])
+
+
 def resolve_vocabulary(spec: str) -> List[List[str]]:
-  """A shipped vocabulary name, else a file path, else a command-line class list."""
+  """A vocabulary from one string: a class list, a class-name file or a shipped name (module doc).
+
+  Raises:
+    VocabularyError (a ValueError and a cli.UserError) naming the unknown name or missing file,
+    with the closest shipped vocabulary names.
+  """
+  if not isinstance(spec, str) or not spec.strip():
+    raise VocabularyError(f'vocabulary {spec!r}: expected a class list "cat,dog|puppy", a class-name file '
+                          f'or a shipped vocabulary ({", ".join(VOCABULARIES)})')
+  spec = spec.strip()
   if spec in VOCABULARIES:
     return load_class_names(spec)
+  if ',' in spec or '|' in spec:
+    return parse_class_arg(spec)
   if os.path.isfile(spec):
     return read_class_file(spec)
-  return parse_class_arg(spec)
+  if looks_like_path(spec):
+    raise VocabularyError(f'class-name file not found: {spec} ({_suggest(spec)})')
+  raise VocabularyError(f'unknown vocabulary {spec!r}: a single name must be a shipped vocabulary; '
+                        f'{_suggest(spec)}. For a class list use "," between classes (one class: '
+                        f'"{spec},").')
 
 
 def seen_mask(test_classes: Sequence[Sequence[str]],
