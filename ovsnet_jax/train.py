@@ -49,10 +49,12 @@ def l2_norm(tree: Any) -> jax.Array:
 
 def loss_and_metrics(params: dict, batch: dict, rng: jax.Array, *, model: nn.Module, text: dict,
                      cfg: ml_collections.ConfigDict) -> tuple[jax.Array, dict]:
-  """OVSNet forward on `batch['image']` (B, H, W, 3) then the training criterion."""
+  """OVSNet forward on `batch['image']` (B, H, W, 3) then the training criterion (+ GFA diagnostics)."""
+  from ovsnet_jax.models import gfa  # pylint: disable=g-import-not-at-top
   model_rng, loss_rng = jax.random.split(rng)
   _, out = model.apply({'params': params}, batch['image'], text, train=True, rngs={'dropout': model_rng})
-  return losses.total_loss(out, batch, text, loss_rng, cfg.train)
+  loss, metrics = losses.total_loss(out, batch, text, loss_rng, cfg.train)
+  return loss, ({**metrics, **gfa.summary_metrics(out['gfa'])} if 'gfa' in out else metrics)
 
 
 def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: nn.Module, text: dict,
@@ -70,7 +72,7 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: nn.Modu
 
   Returns:
     (new state, metrics): every loss term of the criterion, `loss`, `lr`, `l2_grads` (before
-    clipping) and `l2_params` over the trainable params.
+    clipping), `l2_params` over the trainable params and, with GFA, `gfa/*` (`gfa.summary_metrics`).
   """
   rng = jax.random.fold_in(rng, state.step)
   trainable, frozen = split_frozen(state.params)
@@ -171,7 +173,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   from ovsnet_jax import checkpointing, evaluate, sharding  # pylint: disable=g-import-not-at-top
   from ovsnet_jax.input import pipeline  # pylint: disable=g-import-not-at-top
-  from ovsnet_jax.models import ovsnet  # pylint: disable=g-import-not-at-top
+  from ovsnet_jax.models import gfa, ovsnet  # pylint: disable=g-import-not-at-top
   import tensorboardX  # pylint: disable=g-import-not-at-top
   import tqdm  # pylint: disable=g-import-not-at-top
 
@@ -233,6 +235,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       _log_scalars(writer, done, {**{f'train/{k}': v for k, v in metrics.items()}, **perf})
       bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.2e}", img_s=f"{perf['perf/img_per_s']:.1f}")
       result['train'] = {k: float(v) for k, v in metrics.items()}
+      if 'gfa_warning' not in result and (warning := gfa.health_warning(metrics, config.model.gfa.log_singular)):
+        result['gfa_warning'] = warning  # once per run, loudly
+        bar.write(f'step {done}: {warning}')
       tick, tick_step = time.perf_counter(), done
     bar.update(1)
     ckpt.save(done, state, rng, data_iter.get_state(), force=done == stop)
