@@ -53,7 +53,12 @@ def get_model_config(clip_variant: str = 'convnext_base_w_320') -> ml_collection
   # 'none' (baseline, FC-CLIP), 'gfa' (OVSNet), 'self_attn', 'cross_attn' (learned alternatives).
   m.fusion = 'gfa'
   m.gfa = ml_collections.ConfigDict()
-  m.gfa.affinity = 'query'  # [UNVERIFIED] 'query' (Z is Q x Q) or 'channel' (Z is D x D per query).
+  # [UNVERIFIED] Which Z (models/gfa.py): 'query' (Q x Q over an image's queries, un-normalised in (2):
+  # diverges past a spectral bound of 1 and can collapse every F_C^inf onto one direction), 'channel'
+  # (D x D per query; F_C^inf stays parallel to F_C^0), 'per_query' (a scalar per query, "we omit the
+  # query index": F_C^inf mixes that query's F_C^0 and F_Q^0 only) or 'random_walk' (Q x Q with both
+  # transitions normalised: converges for every omega < 1).
+  m.gfa.affinity = 'query'
   m.gfa.lam = 0.2  # lambda, the affinity scale (paper).
   m.gfa.omega = 0.5  # [UNVERIFIED] fusion degree, in (0, 1).
   m.gfa.norm = 'softmax'  # [UNVERIFIED] 'softmax' (over the CLIP axis) | 'l1' (row) | 'none'.
@@ -64,8 +69,9 @@ def get_model_config(clip_variant: str = 'convnext_base_w_320') -> ml_collection
   m.gfa.classify = 'fused_clip'  # [UNVERIFIED] which embedding is classified: F_C^inf ('fused_clip').
   m.gfa.all_layers = True  # [UNVERIFIED] fuse every deep-supervision prediction (any fusion).
   m.gfa.detach_affinity = False  # [UNVERIFIED] no gradient through Z / Norm(Z) (fixed linear mix).
-  # Ill-conditioned I - w^2 A (cond_1 > max_condition or singular): counted in out['gfa'], logged,
-  # then 'fallback' (F_C^0, F_Q^0 for that image) or 'regularize' (Tikhonov least squares).
+  # Ill-conditioned I - w^2 A (cond_1 > max_condition or singular): counted in out['gfa'] (the training
+  # log's gfa/num_singular; the loop warns once if log_singular), then 'fallback' (F_C^0, F_Q^0 for
+  # that image) or 'regularize' (Tikhonov least squares).
   m.gfa.max_condition = 1e6
   m.gfa.on_singular = 'fallback'
   m.gfa.log_singular = True

@@ -52,10 +52,12 @@ def l2_norm(tree: Any) -> jax.Array:
 
 def loss_and_metrics(params: dict, batch: dict, rng: jax.Array, *, model: nn.Module, text: dict,
                      cfg: ml_collections.ConfigDict) -> tuple[jax.Array, dict]:
-  """OVSNet forward on `batch['image']` (B, H, W, 3) then the training criterion."""
+  """OVSNet forward on `batch['image']` (B, H, W, 3) then the training criterion (+ GFA diagnostics)."""
+  from ovsnet_jax.models import gfa  # pylint: disable=g-import-not-at-top
   model_rng, loss_rng = jax.random.split(rng)
   _, out = model.apply({'params': params}, batch['image'], text, train=True, rngs={'dropout': model_rng})
-  return losses.total_loss(out, batch, text, loss_rng, cfg.train)
+  loss, metrics = losses.total_loss(out, batch, text, loss_rng, cfg.train)
+  return loss, ({**metrics, **gfa.summary_metrics(out['gfa'])} if 'gfa' in out else metrics)
 
 
 def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: nn.Module, text: dict,
@@ -73,8 +75,9 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: nn.Modu
 
   Returns:
     (new state, metrics): every loss term of the criterion, `loss`, `lr`, `l2_grads` (before
-    clipping), `l2_params` over the trainable params and `finite` (bool: loss and `l2_grads` are
-    finite; when not, params and optimizer state come back unchanged, only `step` advances).
+    clipping), `l2_params` over the trainable params, with GFA `gfa/*` (`gfa.summary_metrics`), and
+    `finite` (bool: loss and `l2_grads` are finite; when not, params and optimizer state come back
+    unchanged, only `step` advances).
   """
   rng = jax.random.fold_in(rng, state.step)
   trainable, frozen = split_frozen(state.params)
@@ -162,7 +165,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   from ovsnet_jax import checkpointing, evaluate, sharding  # pylint: disable=g-import-not-at-top
   from ovsnet_jax.input import pipeline  # pylint: disable=g-import-not-at-top
-  from ovsnet_jax.models import ovsnet  # pylint: disable=g-import-not-at-top
+  from ovsnet_jax.models import gfa, ovsnet  # pylint: disable=g-import-not-at-top
   import tensorboardX  # pylint: disable=g-import-not-at-top
   import tqdm  # pylint: disable=g-import-not-at-top
 
@@ -236,6 +239,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                           img_s=f"{perf['perf/img_per_s']:.1f}", **({'skipped': nonfinite['train/nonfinite_steps']}
                                                                      if nonfinite['train/nonfinite_steps'] else {}))
           result['train'] = {k: float(v) for k, v in metrics.items()}
+          if 'gfa_warning' not in result and (warning := gfa.health_warning(metrics, config.model.gfa.log_singular)):
+            result['gfa_warning'] = warning  # once per run, loudly
+            bar.write(f'step {done}: {warning}')
           tick, tick_step = time.perf_counter(), done
         bar.update(1)
         if save_due or done % t.log_every == 0 or done % t.eval_every == 0:  # never save past a divergence

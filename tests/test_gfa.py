@@ -1,4 +1,5 @@
-"""Gradient-Free Aggregation: closed form vs eq. (1)-(2) iterated, hand-computed cases, singular systems."""
+"""Gradient-Free Aggregation: closed form vs eq. (1)-(2) iterated (every reading), hand-computed cases,
+singular systems, the collapse diagnostics and the warning on embeddings that share a direction."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,21 +25,36 @@ def run_gfa(f_q, f_c, cfg):
   return jax.jit(lambda q, c: gfa.gradient_free_aggregation(q, c, cfg))(f_q, f_c)
 
 
-def numpy_iterate(fc0, fq0, lam, omega, norm, steps):
-  """Eq. (1)-(2) for one image in float64, written from the paper: fc0, fq0 (N, m)."""
-  z = lam * fc0 @ fq0.T
+def numpy_norm(z, norm):
+  """Norm(Z) over axis 0 in float64."""
   if norm == 'softmax':
     e = np.exp(z - z.max(0, keepdims=True))
-    nz = e / e.sum(0, keepdims=True)
-  elif norm == 'l1':
-    nz = z / np.abs(z).sum(0, keepdims=True)
-  else:
-    nz = z
+    return e / e.sum(0, keepdims=True)
+  if norm == 'l1':
+    return z / np.abs(z).sum(0, keepdims=True)
+  return z
+
+
+def numpy_iterate(fc0, fq0, lam, omega, norm, steps, walk=False):
+  """Eq. (1)-(2) for one image in float64, written from the paper: fc0, fq0 (N, m).
+
+  walk: the random-walk reading, Z in (2) normalised over its F_Q axis (rows) as well.
+  """
+  z = lam * fc0 @ fq0.T
+  nz = numpy_norm(z, norm)
+  z2 = numpy_norm(z.T, norm).T if walk else z
   fc = fc0
   for _ in range(steps):
     fq = omega * nz.T @ fc + (1 - omega) * fq0
-    fc = omega * z @ fq + (1 - omega) * fc0
+    fc = omega * z2 @ fq + (1 - omega) * fc0
   return fc, fq
+
+
+def shared_direction(rng, q, d, c):
+  """q unit vectors in R^d whose pairwise cosines are about c (all lean on one direction), (1, q, d)."""
+  noise = unit(rng, (1, q, d))
+  x = np.sqrt(c) * np.ones(d) / np.sqrt(d) + np.sqrt(1 - c) * noise
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
 def test_single_query_hand_computed():
@@ -65,8 +81,8 @@ def test_two_orthogonal_queries_hand_computed():
   np.testing.assert_allclose(np.asarray(fused[0]), expected, rtol=1e-6)
 
 
-@pytest.mark.parametrize('norm', ['softmax', 'l1', 'none'])
-@pytest.mark.parametrize('affinity', ['query', 'channel'])
+@pytest.mark.parametrize('norm,affinity', [(n, a) for a in gfa.AFFINITIES for n in gfa.NORMS
+                                           if (n, a) != ('none', 'random_walk')])
 def test_closed_form_equals_iteration_to_convergence(norm, affinity):
   rng = np.random.default_rng(0)
   fq, fc = unit(rng, (2, 12, 16)), unit(rng, (2, 12, 16))
@@ -79,11 +95,14 @@ def test_closed_form_equals_iteration_to_convergence(norm, affinity):
   np.testing.assert_allclose(np.asarray(caux['fused_query']), np.asarray(iaux['fused_query']), atol=2e-6)
   # And both equal the float64 paper iteration.
   for b in range(2):
-    if affinity == 'query':
-      ref, _ = numpy_iterate(fc[b], fq[b], 0.2, 0.5, norm, 200)
-    else:
+    if affinity in ('query', 'random_walk'):
+      ref, _ = numpy_iterate(fc[b], fq[b], 0.2, 0.5, norm, 200, walk=affinity == 'random_walk')
+    elif affinity == 'channel':
       ref = np.stack([numpy_iterate(fc[b, i][:, None], fq[b, i][:, None], 0.2, 0.5, norm, 200)[0][:, 0]
                       for i in range(12)])
+    else:  # per_query: the same query's vectors only, as (1, D) rows
+      ref = np.concatenate([numpy_iterate(fc[b, i][None], fq[b, i][None], 0.2, 0.5, norm, 200)[0]
+                            for i in range(12)])
     np.testing.assert_allclose(np.asarray(closed[b]), ref, atol=2e-6)
   assert float(caux['rel_residual'].max()) < 1e-5
 
@@ -195,3 +214,77 @@ def test_zero_clip_feature_classifies_the_query_with_finite_gradients(affinity):
 
   grads = jax.jit(jax.grad(cos_loss))(fq)
   assert np.isfinite(np.asarray(grads)).all() and float(jnp.abs(grads[0, 2]).max()) > 0
+
+
+@pytest.mark.parametrize('norm', ['softmax', 'l1', 'none'])
+def test_per_query_reading_is_a_weighted_sum_of_the_query_own_embeddings(norm):
+  # Scalar Z = lam <f_c, f_q>; Norm(Z) = 1 (softmax), sign(Z) (l1), Z (none).
+  # F_C^inf = (1 - w)(w Z f_q + f_c) / (1 - w^2 Z Norm(Z)).
+  rng = np.random.default_rng(6)
+  fq, fc = unit(rng, (2, 5, 8)), unit(rng, (2, 5, 8))
+  lam, w = 0.7, 0.6
+  fused, aux = run_gfa(jnp.asarray(fq), jnp.asarray(fc), make_cfg(affinity='per_query', norm=norm, lam=lam, omega=w))
+  z = lam * (fc * fq).sum(-1, keepdims=True)
+  n = {'softmax': np.ones_like(z), 'l1': np.sign(z), 'none': z}[norm]
+  expected = (1 - w) * (w * z * fq + fc) / (1 - w ** 2 * z * n)
+  np.testing.assert_allclose(np.asarray(fused), expected, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(aux['spectral_bound']), w ** 2 * np.abs(z * n)[..., 0], rtol=1e-5)
+  assert aux['condition'].shape == (2, 5)
+
+
+def test_random_walk_converges_where_the_query_reading_diverges():
+  # lam = 4, w = 0.9, 40 queries leaning on one direction: the query reading's w^2 A is far past 1.
+  rng = np.random.default_rng(7)
+  fq, fc = (jnp.asarray(shared_direction(rng, 40, 32, 0.3), jnp.float32) for _ in range(2))
+  _, qaux = run_gfa(fq, fc, make_cfg(lam=4.0, omega=0.9))
+  assert float(qaux['spectral_bound'][0]) > 5
+  for norm in ('softmax',):  # l1: test_closed_form_equals_iteration_to_convergence
+    cfg = make_cfg(affinity='random_walk', norm=norm, lam=4.0, omega=0.9)
+    closed, aux = run_gfa(fq, fc, cfg)
+    assert float(aux['spectral_bound'][0]) <= 0.81 + 1e-5  # ||w^2 A||_inf <= w^2
+    ref, _ = numpy_iterate(np.asarray(fc[0], np.float64), np.asarray(fq[0], np.float64), 4.0, 0.9, norm, 400,
+                           walk=True)
+    np.testing.assert_allclose(np.asarray(closed[0]), ref, atol=1e-5)
+
+
+def test_collapse_diagnostics_hand_computed():
+  e = np.eye(3, 4)[None]  # (1, 3, 4) orthonormal F_C^0
+  same = gfa.collapse_diagnostics(jnp.asarray(e), jnp.asarray(e))
+  assert float(same['fused_cosine'][0]) == pytest.approx(0.0, abs=1e-7)
+  assert float(same['own_nearest'][0]) == 1.0
+  collapsed = gfa.collapse_diagnostics(jnp.asarray(e), jnp.asarray(np.repeat(e[:, :1], 3, axis=1)))
+  assert float(collapsed['fused_cosine'][0]) == pytest.approx(1.0)
+  assert float(collapsed['own_nearest'][0]) == pytest.approx(1 / 3)  # all nearest e1: only query 0
+  assert float(collapsed['input_cosine'][0]) == pytest.approx(0.0, abs=1e-7)
+
+
+def summarize(aux):
+  """gfa.summary_metrics of one call's diagnostics, as the model hands them over (one prediction)."""
+  return gfa.summary_metrics({k: v if k == 'num_singular' else v[None] for k, v in aux.items()
+                              if k not in ('fused_clip', 'fused_query')})
+
+
+def test_query_reading_collapses_and_warns_where_per_query_and_random_walk_do_not():
+  # Issue 13's row Q = 100, mean cosine 0.2: the query reading's bound passes 1 and every F_C^inf
+  # lands on one direction; the other two readings keep each query nearest its own F_C^0.
+  rng = np.random.default_rng(8)
+  fq, fc = (jnp.asarray(shared_direction(rng, 100, 256, 0.2), jnp.float32) for _ in range(2))
+  _, aux = run_gfa(fq, fc, make_cfg())
+  metrics = summarize(aux)
+  assert float(metrics['gfa/spectral_bound']) > 1 and float(metrics['gfa/fused_cosine']) > 0.95
+  assert float(metrics['gfa/own_nearest']) < 0.1
+  assert float(metrics['gfa/input_cosine']) == pytest.approx(0.2, abs=0.03)
+  warning = gfa.health_warning(metrics)
+  assert 'spectral bound' in warning and 'collapsed' in warning
+  for affinity in ('per_query', 'random_walk'):
+    _, aux = run_gfa(fq, fc, make_cfg(affinity=affinity))
+    metrics = summarize(aux)
+    assert float(metrics['gfa/own_nearest']) == 1.0, affinity
+    assert float(metrics['gfa/spectral_bound']) < 0.3, affinity
+    assert gfa.health_warning(metrics) is None, affinity
+
+
+def test_random_walk_needs_a_normalised_transition():
+  x = jnp.ones((1, 2, 4))
+  with pytest.raises(ValueError, match="model.gfa.norm: affinity 'random_walk' needs normalised transitions"):
+    gfa.gradient_free_aggregation(x, x, make_cfg(affinity='random_walk', norm='none'))

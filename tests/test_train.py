@@ -74,7 +74,8 @@ def test_train_step_lowers_loss_on_a_fixed_batch_and_keeps_clip_frozen():
   assert int(state.step) == 6
   schedule = optim.learning_rate_schedule(config.train)
   np.testing.assert_allclose(lrs, [float(schedule(s)) for s in range(6)], rtol=1e-6)
-  for name in ('loss', 'lr', 'l2_grads', 'l2_params', 'loss_ce', 'loss_mask', 'loss_dice'):
+  for name in ('loss', 'lr', 'l2_grads', 'l2_params', 'loss_ce', 'loss_mask', 'loss_dice', 'gfa/spectral_bound',
+               'gfa/condition', 'gfa/residual', 'gfa/fused_cosine', 'gfa/own_nearest', 'gfa/num_singular'):
     assert name in metrics and np.isfinite(float(metrics[name])), name
   assert float(metrics['l2_grads']) > 0
   jax.tree.map(np.testing.assert_array_equal, clip_before,
