@@ -61,9 +61,11 @@ def topology_devices(topology: str) -> tuple[list, Optional[Chip]]:
     raise ValueError(f"--topology={topology!r}: expected 'local' or '<chip>:<shape>' with chip one of "
                      f"{sorted(CHIPS)}, e.g. 'v5e:2x2' or 'v4:2x2x1'")
   # Without a TPU VM libtpu prints warnings about the host unless these are set; they do not
-  # change what is compiled.
+  # change what is compiled. libtpu also takes /tmp/libtpu_lockfile (one process per TPU host):
+  # deviceless compiles touch no TPU, so several may run at once (parallel tests, other users).
   os.environ.setdefault('TPU_ACCELERATOR_TYPE', 'v5litepod-4')
   os.environ.setdefault('TPU_WORKER_HOSTNAMES', 'localhost')
+  os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   kwargs = {'chip_config_name': 'megacore'} if kind in _MEGACORE else {}
   try:

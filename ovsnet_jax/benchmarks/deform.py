@@ -38,7 +38,7 @@ def _parse(argv):
 
 
 def _largest_intermediate_gib(impl, b, lq, m, dh, shapes, p, itemsize):
-  if impl == 'gather':  # gathered corner rows (B, Lq, M, L*P*4, Dh)
+  if impl in ('gather', 'window'):  # gathered corner rows (B, Lq, M, L*P*4, Dh) / windows (B, Lq, M, L*P, 4*Dh)
     elems = b * lq * m * len(shapes) * p * 4 * dh
   elif impl == 'gather_corners':  # one corner's rows (B, Lq, M, L*P, Dh)
     elems = b * lq * m * len(shapes) * p * dh
