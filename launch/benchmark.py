@@ -6,6 +6,10 @@ Usage:
   python launch/benchmark.py --mode=train       # OVSNet-B train step img/s, peak memory
   python launch/benchmark.py --mode=deform      # deformable-attention implementations
   python launch/benchmark.py --mode=pipeline    # input pipeline img/s per host
+  python launch/benchmark.py --mode=criterion   # matching + losses, sampling budget vs all slots
+  python launch/benchmark.py --mode=peer        # OVSNet-B vs the PyTorch peer, same run
+
+`launch/benchmark.py --mode=X --help` shows mode X's flags.
 
 Each mode lives in ovsnet_jax/benchmarks/<mode>.py and prints a JSON line of figures;
 --out=FILE also writes it.
@@ -18,20 +22,31 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `configs` importable
 
-MODES = ('trunk', 'deform', 'inference', 'train', 'pipeline')
+from ovsnet_jax import atomic_io  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+MODES = ('trunk', 'deform', 'inference', 'train', 'pipeline', 'criterion', 'peer')
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--mode', choices=MODES, required=True)
+  parser = argparse.ArgumentParser(description=__doc__, add_help=False,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('-h', '--help', action='store_true', help="this help, or with --mode that mode's")
+  parser.add_argument('--mode', choices=MODES, default=None)
   parser.add_argument('--out', default='', help='also write the figures as JSON to this file')
   args, rest = parser.parse_known_args(argv)
+  if args.mode is None:
+    if args.help:
+      parser.print_help()
+      return 0
+    parser.error(f'--mode is required (one of {", ".join(MODES)})')
   module = importlib.import_module(f'ovsnet_jax.benchmarks.{args.mode}')
+  if args.help:
+    module.run(['--help'])  # every mode parses its flags first: argparse prints them and exits
   figures = module.run(rest)
   line = json.dumps(figures, sort_keys=True)
   print(line)
   if args.out:
-    with open(args.out, 'w') as f:
+    with atomic_io.open_atomic(args.out) as f:
       f.write(line + '\n')
   return 0
 

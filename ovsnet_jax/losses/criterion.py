@@ -19,6 +19,7 @@ devices. The weighted cross-entropy is likewise normalised over the global batch
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.ad_checkpoint import checkpoint_name
 import numpy as np
 
 from ovsnet_jax.losses import matcher
@@ -172,6 +173,7 @@ def mask_losses(pred_masks, target_masks, indices, valid, num_masks, rng, cfg, b
   points = point_sampling.uncertain_point_coords(
       src, rng, cfg.num_points, cfg.oversample_ratio, cfg.importance_sample_ratio,
       cfg.get('point_rng', 'threefry'))  # (N, P, 2)
+  points = checkpoint_name(points, 'criterion_points')  # kept by the remat policy below
   point_labels = lax.stop_gradient(point_sampling.point_sample_each(tgt, points))  # (N, P)
   point_logits = point_sampling.point_sample_each(src, points)  # (N, P)
   weight = used.astype(jnp.float32)  # (N,)
@@ -250,9 +252,12 @@ def criterion_from_indices(out, targets, indices, rng, cfg, axis_name=None):
   num_layers = out['pred_logits'].shape[0]
   num_masks = count_masks(targets['valid'], axis_name)
   keys = jax.random.split(rng, num_layers)
-  # Rematerialised: the backward pass recomputes a layer's point samples instead of keeping them.
-  per_layer = jax.checkpoint(lambda args: layer_losses(args[0], args[1], targets, args[2],
-                                                       num_masks, args[3], cfg))
+  # Rematerialised: the backward pass keeps only each layer's points (N, P, 2) and recomputes the
+  # samples at them, instead of keeping the (N, P) samples and interpolation weights; the
+  # candidates, their top_k and the PRNG are not recomputed.
+  per_layer = jax.checkpoint(
+      lambda args: layer_losses(args[0], args[1], targets, args[2], num_masks, args[3], cfg),
+      policy=jax.checkpoint_policies.save_only_these_names('criterion_points'))
   # One layer at a time: each layer's (N, 3P) candidate points alone are large at full size.
   ce, bce, dice, overflow = lax.map(per_layer,
                                     (out['pred_logits'], out['pred_masks'], indices, keys))
