@@ -74,4 +74,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == '__main__':
-  print(main())
+  from ovsnet_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.run_argparse(lambda: print(main()), expected=(ValueError,))  # bad inputs: one line naming the file

@@ -21,6 +21,9 @@ from typing import Any, Iterator
 class OutputError(OSError):
   """An output could not be written; the message names the path and why."""
 
+  def __str__(self) -> str:  # the message alone, without OSError's "[Errno N]" prefix
+    return self.strerror or super().__str__()
+
 
 def _reason(e: OSError) -> str:
   if e.errno == errno.ENOSPC:

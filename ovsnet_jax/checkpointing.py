@@ -22,6 +22,7 @@ raises `CheckpointError` when checkpoints exist but none is intact (never a sile
 import glob
 import hashlib
 import json
+import logging as pylogging
 import os
 import shutil
 from typing import Any, NamedTuple, Optional
@@ -129,6 +130,8 @@ class Checkpointer:
         save_interval_steps=1, max_to_keep=keep or None, create=True,
         enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
+    self._errors = _LastError()
+    pylogging.getLogger('absl').addHandler(self._errors)
 
   def step_dir(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
@@ -165,11 +168,19 @@ class Checkpointer:
     return started
 
   def check_for_errors(self) -> None:
-    """Raises CheckpointError if the last background save failed (cheap: no waiting)."""
+    """Raises CheckpointError if the last background save failed (cheap: no waiting).
+
+    Orbax's manager logs a failed background commit and drops the exception, so a save counts as
+    failed when it is no longer in progress and its step folder was not committed.
+    """
     try:
       self._manager.check_for_errors()
     except Exception as e:  # pylint: disable=broad-except
       self._failed(self._pending, e)
+    if self._pending is not None and not self._manager.is_saving_in_progress():
+      if not os.path.isdir(self.step_dir(self._pending)):
+        self._failed(self._pending, None)
+      self._pending = None
 
   def wait(self) -> None:
     """Blocks until a pending asynchronous save is committed; raises CheckpointError if it failed."""
@@ -177,15 +188,16 @@ class Checkpointer:
       self._manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
       self._failed(self._pending, e)
-    self._pending = None
+    self.check_for_errors()
 
-  def _failed(self, step: Optional[int], e: Exception):
+  def _failed(self, step: Optional[int], e: Optional[Exception]):
     self._pending = None
     if jax.process_index() == 0 and step is not None:  # no partial checkpoint left behind
       for tmp in glob.glob(os.path.join(glob.escape(self.directory), f'{step}.orbax-checkpoint-tmp*')):
         shutil.rmtree(tmp, ignore_errors=True)
     where = self.step_dir(step) if step is not None else self.directory
-    raise CheckpointError(f'saving checkpoint {where} failed: {_reason(e)}') from e
+    why = _reason(e) if e is not None else (self._errors.last or 'the background write failed (see the log)')
+    raise CheckpointError(f'saving checkpoint {where} failed: {why}') from e
 
   def restore(self, abstract_state: Any, abstract_rng: Any = None, step: Optional[int] = None) -> Optional[Restored]:
     """Restores and verifies the newest intact checkpoint (or the given step); None when there is none.
@@ -263,9 +275,25 @@ class Checkpointer:
       self.wait()
     finally:
       self._manager.close()
+      pylogging.getLogger('absl').removeHandler(self._errors)
+
+
+class _LastError(pylogging.Handler):
+  """Keeps the first line of the last ERROR logged with an exception (orbax's background saves)."""
+
+  def __init__(self):
+    super().__init__(level=pylogging.ERROR)
+    self.last = ''
+
+  def emit(self, record):
+    if record.exc_info and record.exc_info[1] is not None:
+      self.last = _reason(record.exc_info[1])
 
 
 def _reason(e: BaseException) -> str:
   """A one-line reason: the exception's type and the first line of its message."""
   text = str(e).strip().splitlines()
-  return f'{type(e).__name__}: {text[0][:300]}' if text else type(e).__name__
+  if not text:
+    return type(e).__name__
+  line = text[0] if len(text[0]) <= 300 else f'{text[0][:140]} ... {text[0][-150:]}'  # keep the OS reason
+  return f'{type(e).__name__}: {line}'

@@ -165,7 +165,9 @@ def test_ade847_from_full_release(tmp_path):
     _jpeg(str(tmp_path / folder / name), (520, 600))
     Image.fromarray(seg).save(tmp_path / folder / name.replace('.jpg', '_seg.png'))
   with open(tmp_path / 'ADE20K_2021_17_01' / 'index_ade20k.pkl', 'wb') as f:
-    pickle.dump({'folder': [folder] * 2, 'filename': names}, f)
+    # The official index also holds numpy arrays (e.g. objectPresence): the restricted reader allows them.
+    pickle.dump({'folder': [folder] * 2, 'filename': names, 'objectPresence': np.eye(3, dtype=np.uint16),
+                 'scene': np.array(['street', 'street'], dtype=object)}, f)
   counts = _script('prepare_ade20k_847').main(['--root', str(tmp_path), '--workers', '1'])
   assert counts == {'training': 1, 'validation': 1}
   ex = get_dataset('ade847', str(tmp_path), 'val')[0]
@@ -175,6 +177,31 @@ def test_ade847_from_full_release(tmp_path):
   expected[:10] = IGNORE_LABEL  # rows 0..9 of 512 come from source rows 0..9
   np.testing.assert_array_equal(ex['sem_seg'], expected)
   assert np.abs(ex['image'].astype(int) - 120).max() <= 2
+
+
+class _Payload:
+  """A pickle that runs `os.system` when loaded with `pickle.load`."""
+
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    return (os.system, (f'touch {self.marker}',))
+
+
+def test_crafted_ade847_index_runs_nothing(tmp_path):
+  marker = tmp_path / 'payload_ran'
+  index = tmp_path / 'ADE20K_2021_17_01' / 'index_ade20k.pkl'
+  index.parent.mkdir()
+  index.write_bytes(pickle.dumps({'folder': [_Payload(marker)], 'filename': ['ADE_val_00000001.jpg']}))
+  pickle.loads(pickle.dumps(_Payload(tmp_path / 'control')))  # the payload is real: plain pickle runs it
+  assert (tmp_path / 'control').exists()
+  with pytest.raises(ValueError, match=re.escape(f'{index}: not a valid ADE20K index (UnpicklingError: refusing ')):
+    _script('prepare_ade20k_847').main(['--root', str(tmp_path), '--workers', '1'])
+  assert not marker.exists()
+  index.write_bytes(pickle.dumps(['not', 'a', 'dict']))
+  with pytest.raises(ValueError, match="expected a dict with 'folder' and 'filename' lists, got list"):
+    _script('prepare_ade20k_847').main(['--root', str(tmp_path), '--workers', '1'])
 
 
 def test_resize_hand_computed():

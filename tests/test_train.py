@@ -2,19 +2,26 @@
 
 - one train step at a time on a fixed batch: the loss falls, the frozen CLIP stays bit-identical,
   every metric is there and the learning rate follows the schedule;
-- exact resume: a `launch/train.py` run stopped at step 3 (`--config.train.stop_at_step=3`) and
-  started again on its workdir ends with bit-identical parameters, optimizer state and
-  data-iterator position to an uninterrupted run (three processes sharing one XLA compilation
-  cache, so the step compiles once);
+- exact resume after preemption: a `launch/train.py` run sent SIGTERM while it saves step 2 finishes
+  its step, saves, exits with `EXIT_PREEMPTED`; started again on its workdir it ends with
+  bit-identical parameters, optimizer state and data-iterator position to an uninterrupted run
+  (three processes sharing one XLA compilation cache, so the step compiles once);
+- divergence (`lr=1e6`, no clipping, the issue's drill): the run stops with `EXIT_DIVERGED` naming
+  the first step whose loss or gradient norm is not finite (the TensorBoard log, written every
+  step, shows it), its last checkpoints are the steps before it, verified and finite;
+- flag and config errors are one line with exit code 2;
 - TensorBoard event files (read back record by record, CRCs checked) hold the logged scalars;
 - bad config fields raise errors naming the field.
 """
 import glob
 import os
+import re
+import signal
 import struct
 import subprocess
 import sys
 import tempfile
+import time
 
 import jax
 import numpy as np
@@ -23,7 +30,7 @@ from tensorboardX.proto import event_pb2
 from tensorboardX.record_writer import masked_crc32c
 
 from configs import smoke
-from ovsnet_jax import checkpointing, evaluate, optim, sharding, train
+from ovsnet_jax import checkpointing, evaluate, optim, sharding, train, train_guard
 from ovsnet_jax.input import pipeline
 from ovsnet_jax.models import ovsnet
 
@@ -96,26 +103,40 @@ def subprocess_env() -> dict:
           'JAX_COMPILATION_CACHE_DIR': os.path.join(tempfile.gettempdir(), 'ovsnet_jax_tests_xla_cache')}
 
 
-def launch_train(workdir: str, *overrides: str) -> subprocess.CompletedProcess:
+def train_command(workdir: str, *overrides: str) -> list:
   """`launch/train.py --config=configs/smoke.py:tiny` without evaluation, plus overrides."""
-  proc = subprocess.run([sys.executable, 'launch/train.py', '--config=configs/smoke.py:tiny', f'--workdir={workdir}',
-                         '--config.train.eval_every=1000', *overrides],
-                        cwd=REPO, capture_output=True, text=True, timeout=900, env=subprocess_env())
-  assert proc.returncode == 0, proc.stderr[-5000:]
+  return [sys.executable, 'launch/train.py', '--config=configs/smoke.py:tiny', f'--workdir={workdir}',
+          '--config.train.eval_every=1000', *overrides]
+
+
+def launch_train(workdir: str, *overrides: str, returncode: int = 0) -> subprocess.CompletedProcess:
+  proc = subprocess.run(train_command(workdir, *overrides), cwd=REPO, capture_output=True, text=True, timeout=900,
+                        env=subprocess_env())
+  assert proc.returncode == returncode, proc.stderr[-5000:]
   return proc
 
 
-def test_interrupted_and_resumed_run_is_bit_identical(tmp_path):
+def test_preempted_mid_save_and_resumed_run_is_bit_identical(tmp_path):
   full, split = str(tmp_path / 'full'), str(tmp_path / 'split')
   assert 'final step 6' in launch_train(full).stdout
-  # "Preempted" after step 3 (off the checkpoint period of 2: the stop forces a save) ...
-  assert 'final step 3' in launch_train(split, '--config.train.stop_at_step=3').stdout
+  # SIGTERM (what SLURM and Cloud TPU send before a preemption) while step 2 is being saved ...
+  with open(tmp_path / 'out.txt', 'w+') as out, open(tmp_path / 'err.txt', 'w+') as err:
+    proc = subprocess.Popen(train_command(split), cwd=REPO, stdout=out, stderr=err, text=True, env=subprocess_env())
+    while proc.poll() is None and not glob.glob(os.path.join(split, 'checkpoints', '2*')):
+      time.sleep(0.002)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=900) == train_guard.EXIT_PREEMPTED, (out.seek(0), err.seek(0), err.read()[-5000:])
+    out.seek(0)
+    stdout = out.read()
+  # ... finishes the step it is in, saves it and waits for the commit.
+  reached = int(re.search(r'SIGTERM: stopped after step (\d); checkpoint (\S+) is saved and committed', stdout)[1])
+  assert 3 <= reached <= 6, stdout
   ckpt = checkpointing.Checkpointer(os.path.join(split, 'checkpoints'), every=1, keep=0)
-  assert ckpt.all_steps() == [2, 3]
+  assert ckpt.all_steps() == [2, reached]
   ckpt.close()
-  # ... and started again on the same workdir.
+  # Started again on the same workdir.
   resumed = launch_train(split)
-  assert 'at step 3' in resumed.stdout and 'final step 6' in resumed.stdout
+  assert f'at step {reached}' in resumed.stdout and 'final step 6' in resumed.stdout
 
   step_a, a = _restore(full)
   step_b, b = _restore(split)
@@ -126,11 +147,39 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path):
 
   scalars = read_scalars(os.path.join(full, 'tensorboard'))
   for tag in ('train/loss', 'train/lr', 'train/l2_grads', 'train/l2_params', 'train/loss_ce', 'train/loss_mask',
-              'train/loss_dice', 'train/loss_pc', 'perf/img_per_s', 'perf/eta_min'):
+              'train/loss_dice', 'train/loss_pc', 'perf/img_per_s', 'perf/eta_min', 'train/nonfinite_steps'):
     assert sorted(scalars[tag]) == [2, 4, 6], tag  # log_every = 2; the first step only times compilation
   assert list(scalars['perf/compile_and_first_step_s']) == [1]
   schedule = optim.learning_rate_schedule(smoke.get_config('tiny').train)
   np.testing.assert_allclose(scalars['train/lr'][6], float(schedule(5)), rtol=1e-6)
+
+
+def test_diverging_run_stops_at_the_first_nonfinite_step_and_keeps_its_last_good_checkpoints(tmp_path):
+  workdir = str(tmp_path / 'diverged')
+  proc = launch_train(workdir, '--config.train.lr=1e6', '--config.train.grad_clip=0', '--config.train.log_every=1',
+                      '--config.train.checkpoint_every=1', returncode=train_guard.EXIT_DIVERGED)
+  assert 'Traceback' not in proc.stderr
+  bad = int(re.search(r'error: training diverged: non-finite loss or gradient norm at step (\d+)', proc.stderr)[1])
+  scalars = read_scalars(os.path.join(workdir, 'tensorboard'))  # every step but the first (compilation)
+  finite = {s: np.isfinite(scalars['train/loss'][s]) and np.isfinite(scalars['train/l2_grads'][s])
+            for s in scalars['train/loss']}
+  assert bad >= 2 and not finite[bad] and all(finite[s] for s in range(2, bad)), (bad, finite)
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), every=1, keep=0)
+  assert ckpt.all_steps() == [bad - 2, bad - 1][-min(bad - 1, 2):]  # keep_checkpoints = 2: the good ones
+  ckpt.close()
+  assert f'Last good checkpoint: {workdir}/checkpoints/{bad - 1}.' in proc.stderr
+  params = evaluate.load_params(workdir)  # checksums verified, every value finite (it refuses others)
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize('flag,message', [
+    ('--config.train.bogus=1', "error: unknown config field 'bogus' in --config.train.bogus"),
+    ('--config.train.lr=abc', "error: flag --config.train.lr=abc: could not convert string to float: 'abc'"),
+    ('--config=configs/nope.py', "No such file or directory: 'configs/nope.py'"),
+])
+def test_flag_errors_are_one_line(tmp_path, flag, message):
+  proc = launch_train(str(tmp_path), flag, returncode=2)
+  assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 @pytest.mark.parametrize('field,value,message', [
