@@ -160,3 +160,60 @@ def test_load_params_reads_the_trainers_checkpoints(tmp_path):
   assert float(evaluate.load_params(str(tmp_path / 'checkpoints' / '3'))['logit_scale']) == 2.5
   with pytest.raises(FileNotFoundError, match=f'{tmp_path / "empty"}: no checkpoint found'):
     evaluate.load_params(str(tmp_path / 'empty'))
+
+
+class SizedReader:
+  """Semantic reader of all-class-0 images of one size (H, W)."""
+
+  class_names = shapes.class_names('val')
+
+  def __init__(self, n, size):
+    self.n, self.size = n, size
+
+  def __len__(self):
+    return self.n
+
+  def __getitem__(self, i):
+    return {'image': np.zeros(self.size + (3,), np.uint8), 'sem_seg': np.zeros(self.size, np.int32),
+            'file_name': f'{i}.png'}
+
+
+def test_default_padding_is_fcclips_multiple_of_32():
+  """40x56 -> ResizeShortestEdge(64, 128) = 64x90: FC-CLIP pads it to 64x96, the canvas to 64x128.
+
+  The stand-in model answers class 0 only when its input is 96 wide, so pACC shows the padding."""
+  config, mesh = _config(), sharding.make_mesh(jax.devices()[:1])
+  config.data.eval_max_size = 128
+
+  def semantic_fn(params, images, text):
+    k = text['embeds'].shape[0]
+    return jnp.broadcast_to(jax.nn.one_hot(int(images.shape[2] != 96), k), images.shape[:3] + (k,)) * params
+
+  run = lambda c: evaluate.evaluate_dataset(c, semantic_fn, jnp.float32(1.0), text_fn, mesh,
+                                            reader=SizedReader(2, (40, 56)), progress=False)['pACC']
+  assert run(config) == pytest.approx(100.0)
+  config.eval.pad_mode = 'orientation'
+  assert run(config) == 0.0
+
+
+def test_evaluation_runs_ovsnet_in_eval_compute_dtype():
+  """A bfloat16-trained model is evaluated in float32 (eval.compute_dtype), as detectron2 does."""
+  from ovsnet_jax.models import ovsnet  # pylint: disable=g-import-not-at-top
+  config = smoke.get_config('tiny')
+  config.model.compute_dtype = 'bfloat16'
+  model = ovsnet.build_model(config)
+  params = jax.eval_shape(lambda: ovsnet.init_params(config, jax.random.PRNGKey(0), image_size=32))
+  images = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+  text = {'embeds': jax.ShapeDtypeStruct((3, 1, 32), jnp.float32), 'valid': jax.ShapeDtypeStruct((3, 1), bool)}
+  dtypes = lambda fn: str(jax.make_jaxpr(fn)(params, images, text))
+  trained = evaluate.ovsnet_semantic_fn(model)
+  assert 'bf16' in dtypes(trained)
+  assert config.eval.compute_dtype == 'float32'
+  assert 'bf16' not in dtypes(evaluate.with_eval_precision(trained, config))
+  config.eval.compute_dtype = 'bfloat16'
+  assert 'bf16' in dtypes(evaluate.with_eval_precision(trained, config))
+  config.eval.compute_dtype = 'fp8'
+  with pytest.raises(ValueError, match=r"config.eval.compute_dtype: expected one of .*, got 'fp8'"):
+    evaluate.with_eval_precision(trained, config)
+  other = oracle_fn(0)
+  assert evaluate.with_eval_precision(other, smoke.get_config()) is other  # other models are left as they are

@@ -2,6 +2,7 @@
 import re
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -51,7 +52,8 @@ def test_output_shapes_and_dtypes(tiny):
   expected = {
       'pred_logits': ((L1, B, Q, K + 1), f32), 'pred_masks': ((L1, B, Q, H // 4, W // 4), f32),
       'query_embeds': ((L1, B, Q, D), f32), 'clip_embeds': ((L1, B, Q, D), f32),
-      'fused_embeds': ((L1, B, Q, D), f32), 'out_vocab_logits': ((B, Q, K), f32), 'logit_scale': ((), f32),
+      'fused_embeds': ((L1, B, Q, D), f32), 'fused_query': ((L1, B, Q, D), f32), 'fused_clip': ((L1, B, Q, D), f32),
+      'out_vocab_logits': ((B, Q, K), f32), 'logit_scale': ((), f32),
       'gfa': {'condition': ((L1, B), f32), 'singular': ((L1, B), jnp.bool_), 'rel_residual': ((L1, B), f32),
               'spectral_bound': ((L1, B), f32), 'num_singular': ((), jnp.int32)}}
   assert jax.tree.map(lambda x: (x.shape, x.dtype), out) == expected
@@ -67,6 +69,12 @@ def test_output_shapes_and_dtypes(tiny):
                              rtol=1e-4)
   assert sorted(params) == ['class_head', 'clip_logit_scale', 'clip_visual', 'logit_scale', 'mask_decoder',
                             'pixel_decoder', 'void_embedding']
+  # fused_query / fused_clip (what Proxy Calibration mixes) are GFA's F_Q^inf / F_C^inf of (F_Q, F_C).
+  from ovsnet_jax.models import gfa  # pylint: disable=g-import-not-at-top
+  _, want = gfa.gradient_free_aggregation(out['query_embeds'][-1], out['clip_embeds'][-1], config.model.gfa)
+  np.testing.assert_allclose(out['fused_query'][-1], want['fused_query'], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out['fused_clip'][-1], want['fused_clip'], rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(out['fused_embeds'], out[config.model.gfa.classify])
 
 
 def test_gradients_reach_exactly_the_trainable_params(tiny):
@@ -157,7 +165,43 @@ def test_other_fusions_in_the_model(tiny, fusion):
   model = ovsnet.build_model(config)
   out = jax.eval_shape(lambda p: model.apply({'params': p}, images, random_text(), train=True)[1], params)
   assert 'gfa' not in out and 'out_vocab_logits' not in out
-  assert out['fused_embeds'].shape == (4, B, 16, 32)
+  assert out['fused_embeds'].shape == out['fused_query'].shape == out['fused_clip'].shape == (4, B, 16, 32)
+
+
+def test_without_fusion_pc_mixes_f_q_and_the_raw_clip_feature_which_has_no_gradient():
+  """fusion 'none' (Table 3's +PC row): fused_query is F_Q, fused_clip the raw pooled F_C, and no
+  parameter gets a gradient through F_C (so L_PC there trains nothing). Read off the traced programs
+  (no compile): the outputs are the very same values, and every gradient is a broadcast zero."""
+  config = smoke.get_config('tiny')
+  config.model.fusion = 'none'
+  model = ovsnet.build_model(config)
+  params = jax.eval_shape(lambda: ovsnet.init_params(config, jax.random.PRNGKey(0), image_size=32))
+  images = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+  text = random_text(d=32)
+
+  def outputs(p, x):
+    return model.apply({'params': p}, x, text, train=True)[1]
+
+  out_jaxpr = jax.make_jaxpr(outputs, return_shape=True)(params, images)
+  closed, shapes = out_jaxpr
+  names = [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_flatten_with_path(shapes)[0]]
+  var = dict(zip(names, closed.jaxpr.outvars))
+  assert var["['fused_query']"] is var["['query_embeds']"] and var["['fused_clip']"] is var["['clip_embeds']"]
+  weights = jnp.arange(32.0)
+  grad_jaxpr = jax.make_jaxpr(jax.grad(lambda p, x: (outputs(p, x)['fused_clip'] * weights).sum()))(params, images)
+  producers = {v: e for e in grad_jaxpr.jaxpr.eqns for v in e.outvars}
+
+  def is_zero(v):
+    if isinstance(v, jax.extend.core.Literal):
+      return float(v.val) == 0.0
+    e = producers.get(v)
+    return e is not None and e.primitive.name in ('broadcast_in_dim', 'convert_element_type') and is_zero(e.invars[0])
+
+  assert len(grad_jaxpr.jaxpr.outvars) == len(jax.tree.leaves(params))
+  assert all(is_zero(v) for v in grad_jaxpr.jaxpr.outvars)
+  # The check can fail: F_Q's gradient is not structurally zero.
+  q_grad = jax.make_jaxpr(jax.grad(lambda p, x: (outputs(p, x)['fused_query'] * weights).sum()))(params, images)
+  assert not all(is_zero(v) for v in q_grad.jaxpr.outvars)
 
 
 def test_bad_inputs_raise(tiny):

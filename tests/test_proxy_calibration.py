@@ -136,7 +136,9 @@ def _tiny_problem(seed=0, layers=2, b=2, q=4, m=3, k=3, s=2, d=8):
          'pred_masks': rng.normal(size=(layers, b, q, 4, 4)) * 3,
          'query_embeds': rng.normal(size=(layers, b, q, d)),
          'clip_embeds': rng.normal(size=(layers, b, q, d)),
-         'fused_embeds': rng.normal(size=(layers, b, q, d))}
+         'fused_embeds': rng.normal(size=(layers, b, q, d)),
+         'fused_query': rng.normal(size=(layers, b, q, d)),
+         'fused_clip': rng.normal(size=(layers, b, q, d))}
   out = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), out)
   embeds = rng.normal(size=(k, s, d))
   text = {'embeds': jnp.asarray(embeds / np.linalg.norm(embeds, axis=-1, keepdims=True),
@@ -202,9 +204,11 @@ def test_total_loss_adds_weighted_pc_and_disables_cleanly():
   np.testing.assert_allclose(off_loss, off_metrics['loss'])
   for name in ('loss_ce_0', 'loss_mask_1', 'loss_dice_1', 'loss_ce', 'loss_pc_q', 'num_masks'):
     assert name in metrics, name
-  assert float(jnp.abs(grads['query_embeds'][-1]).sum()) > 0  # PC reaches F_Q of the last layer
-  assert float(jnp.abs(grads['query_embeds'][0]).sum()) == 0.0  # and not the first
-  assert float(jnp.abs(grads['fused_embeds'][-1]).sum()) > 0  # F_C = fused_embeds by default
-  assert float(jnp.abs(grads['clip_embeds']).sum()) == 0.0
+  # By default PC mixes the aggregated embeddings (section 4.3): F_Q^inf and F_C^inf of the last layer.
+  assert float(jnp.abs(grads['fused_query'][-1]).sum()) > 0
+  assert float(jnp.abs(grads['fused_query'][0]).sum()) == 0.0  # and not the first layer
+  assert float(jnp.abs(grads['fused_clip'][-1]).sum()) > 0
+  for name in ('query_embeds', 'clip_embeds', 'fused_embeds'):
+    assert float(jnp.abs(grads[name]).sum()) == 0.0, name
   with pytest.raises(ValueError, match="batch has no 'valid'"):
     losses.total_loss(out, {'masks': batch['masks'], 'classes': batch['classes']}, text, key, cfg)
