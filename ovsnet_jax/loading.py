@@ -61,6 +61,25 @@ def load_config(spec) -> ml_collections.ConfigDict:
   return module.get_config(arg) if arg else module.get_config()
 
 
+def ensure_clip_checkpoint(config: ml_collections.ConfigDict) -> None:
+  """Pretrains the CLIP of `config.clip_pretrain` (the shapes world) if its cache entry is missing.
+
+  Only when `config.clip_pretrain` exists and `config.clip_checkpoint` is its cache directory
+  (`clip_pretraining.checkpoint_dir`); the CLIP is then loaded like any converted one.
+  """
+  if not config.get('clip_pretrain') or not config.clip_checkpoint:
+    return
+  from ovsnet_jax import clip_pretraining  # pylint: disable=g-import-not-at-top
+  settings = clip_pretraining.Settings(**config.clip_pretrain)
+  settings.check()
+  want = clip_pretraining.checkpoint_dir(settings)
+  if os.path.abspath(config.clip_checkpoint) == os.path.abspath(want):
+    clip_pretraining.ensure_pretrained(settings)
+  elif not os.path.exists(config.clip_checkpoint):
+    raise ValueError(f'config.clip_checkpoint={config.clip_checkpoint} does not exist and is not the '
+                     f'cache directory of config.clip_pretrain ({want}): set both together.')
+
+
 def load_clip(config: ml_collections.ConfigDict) -> tuple[str, dict]:
   """(variant, CLIP params {'visual', 'text', 'logit_scale'}) from `config.clip_checkpoint`, or random.
 
@@ -68,6 +87,7 @@ def load_clip(config: ml_collections.ConfigDict) -> tuple[str, dict]:
   tests train a tiny OVSNet on a random CLIP.
   """
   from ovsnet_jax.models import clip  # pylint: disable=g-import-not-at-top
+  ensure_clip_checkpoint(config)
   if config.clip_checkpoint:
     from ovsnet_jax.convert import open_clip as convert_open_clip  # pylint: disable=g-import-not-at-top
     variant, params = convert_open_clip.load_clip_checkpoint(config.clip_checkpoint)

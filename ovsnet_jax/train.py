@@ -143,6 +143,7 @@ def _reader(config: ml_collections.ConfigDict, name: str, split: str, semantic: 
 
 # Moved to ovsnet_jax/loading.py (one loading module for every launcher); kept importable here.
 load_clip = loading.load_clip
+ensure_clip_checkpoint = loading.ensure_clip_checkpoint
 text_classifier = loading.text_classifier
 
 
@@ -155,6 +156,28 @@ def _log_scalars(writer, step: int, scalars: dict) -> None:
     for name, value in scalars.items():
       writer.add_scalar(name, float(value), step)
     writer.flush()
+
+
+RESULTS_NAME = 'results.json'
+
+
+def write_results(workdir: str, result: dict) -> None:
+  """Writes the run's last metrics to `<workdir>/results.json` (atomically; JSON numbers and strings)."""
+  from ovsnet_jax import atomic_io  # pylint: disable=g-import-not-at-top
+  atomic_io.write_json({'step': int(result['step']), 'train': result['train'], 'eval': result['eval']},
+                       os.path.join(workdir, RESULTS_NAME), indent=2,
+                       default=lambda o: o.tolist() if hasattr(o, 'tolist') else str(o))
+
+
+def read_results(workdir: str, step: int) -> dict | None:
+  """The results a finished run wrote at `step`, or None."""
+  import json  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, RESULTS_NAME)
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    result = json.load(f)
+  return result if result.get('step') == step else None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -207,6 +230,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer = tensorboardX.SummaryWriter(t.log_dir or os.path.join(workdir, 'tensorboard')) if main else None
   bar = tqdm.tqdm(total=t.num_steps, initial=start, disable=not main, desc='train', dynamic_ncols=True)
   result = {'step': start, 'train': {}, 'eval': {}}
+  if start >= stop:  # a finished run: report what it measured (or evaluate it again)
+    result = read_results(workdir, start) or {
+        **result, 'eval': evaluate.evaluate_params(config, model, state.params, classify, mesh)}
   tick, tick_step = time.perf_counter(), start
   last_saved = ckpt.step_dir(start) if restored is not None else ''
   failed = True
@@ -269,4 +295,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if not failed:
         raise
       print(f'error: {e}', flush=True)
+  if main and start < stop:
+    write_results(workdir, result)
   return result

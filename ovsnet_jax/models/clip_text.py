@@ -83,6 +83,8 @@ class CLIPText(nn.Module):
   @nn.compact
   def __call__(self, tokens: jax.Array) -> jax.Array:
     v = clip.get_variant(self.variant)
+    # Fewer than context_length columns are allowed: under the causal mask the EOT features of a
+    # prompt that fits do not depend on the columns after it (`clip_pretraining` uses short rows).
     if tokens.ndim != 2 or not 1 <= tokens.shape[1] <= v.context_length:
       raise ValueError(
           f'CLIPText expects tokens (N, T) with T <= {v.context_length}, got shape {tokens.shape}.')
