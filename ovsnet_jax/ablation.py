@@ -16,6 +16,7 @@ import io
 import json
 import math
 import os
+import resource
 import shutil
 import time
 
@@ -110,6 +111,11 @@ def run_path(out: str, config, seed: int) -> str:
   return os.path.join(out, 'runs', config_key(config), f'seed{seed}.json')
 
 
+def _cpu_s() -> float:
+  r = resource.getrusage(resource.RUSAGE_SELF)
+  return r.ru_utime + r.ru_stime
+
+
 def run_one(config, row: Row, seed: int, out: str) -> dict:
   """Trains and evaluates one (config, seed) unless its JSON exists; returns the record."""
   from ovsnet_jax import train  # pylint: disable=g-import-not-at-top
@@ -122,10 +128,11 @@ def run_one(config, row: Row, seed: int, out: str) -> dict:
   if not config.text.cache_dir:
     config.text.cache_dir = os.path.join(out, 'text_cache')
   workdir = os.path.join(os.path.dirname(path), f'seed{seed}')
-  tick = time.perf_counter()
+  tick, cpu = time.perf_counter(), _cpu_s()
   result = train.train_and_evaluate(config, workdir)
   record = {'row': row.name, 'seed': seed, 'config_key': config_key(config), 'overrides': dict(row.overrides),
             'step': result['step'], 'wall_s': round(time.perf_counter() - tick, 1),
+            'cpu_s': round(_cpu_s() - cpu, 1),  # all threads: an idle N-core machine needs >= cpu_s / N wall
             'eval': {k: float(v) for k, v in result['eval'].items() if isinstance(v, (int, float))},
             'train': result['train'], 'gfa_warning': result.get('gfa_warning')}
   atomic_io.write_json(record, path)
@@ -211,7 +218,7 @@ def run(base, rows: list[Row], seeds: int, out: str, steps: int = 0, first_seed:
       rec = run_one(config, row, seed, out)
       records.setdefault(row.name, []).append(rec)
       if not done:
-        log(f"[ablate] {row.name} seed {seed}: {rec['wall_s']:.0f} s, eval "
+        log(f"[ablate] {row.name} seed {seed}: {rec['wall_s']:.0f} s wall, {rec['cpu_s']:.0f} s CPU, eval "
             + ', '.join(f'{k} {rec["eval"].get(k, float("nan")):.2f}' for k in METRICS))
       table = summarize(rows, records)
       atomic_io.write_text(markdown(table), os.path.join(out, 'ablation.md'))
