@@ -205,8 +205,10 @@ def bar_plot(table: list[dict]) -> bytes:
   return buf.getvalue()
 
 
-def run(base, rows: list[Row], seeds: int, out: str, steps: int = 0, first_seed: int = 0, log=print) -> list[dict]:
-  """Runs every (row, seed) not yet finished, then writes ``<out>/ablation.md`` and ``ablation.png``."""
+def run(base, rows: list[Row], seeds: int, out: str, steps: int = 0, first_seed: int = 0, log=print,
+        train: bool = True) -> list[dict]:
+  """Runs every (row, seed) not yet finished (only reads them if not ``train``), then writes
+  ``<out>/ablation.md`` and ``ablation.png``."""
   if seeds < 1:
     raise ValueError(f'--seeds: expected at least 1, got {seeds}')
   records = {}
@@ -214,13 +216,17 @@ def run(base, rows: list[Row], seeds: int, out: str, steps: int = 0, first_seed:
     for row in rows:
       config = row_config(base, row, steps)
       done = os.path.exists(run_path(out, config, seed))
-      log(f"[ablate] {row.name} seed {seed}: {'kept' if done else 'running'} ({config_key(config)})")
+      log(f"[ablate] {row.name} seed {seed}: {'kept' if done else 'running' if train else 'missing'} "
+          f"({config_key(config)})")
+      if not done and not train:
+        continue
       rec = run_one(config, row, seed, out)
       records.setdefault(row.name, []).append(rec)
       if not done:
         log(f"[ablate] {row.name} seed {seed}: {rec['wall_s']:.0f} s wall, {rec['cpu_s']:.0f} s CPU, eval "
             + ', '.join(f'{k} {rec["eval"].get(k, float("nan")):.2f}' for k in METRICS))
-      table = summarize(rows, records)
-      atomic_io.write_text(markdown(table), os.path.join(out, 'ablation.md'))
+      atomic_io.write_text(markdown(summarize(rows, records)), os.path.join(out, 'ablation.md'))
+  table = summarize(rows, records)
+  atomic_io.write_text(markdown(table), os.path.join(out, 'ablation.md'))
   atomic_io.write_bytes(bar_plot(table), os.path.join(out, 'ablation.png'))
   return table
