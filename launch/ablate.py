@@ -9,7 +9,7 @@ Rows (``--rows``, comma-separated names or groups): t3 (baseline, +GFA, +PC, +GF
 model.gfa.affinity), ensemble (FC-CLIP's ensemble on/off with GFA), all. Each (config, seed) run
 leaves ``<out>/runs/<hash>/seed<k>.json``; rerunning keeps those. Writes ``<out>/ablation.md`` (mean
 +- std of mIoU-seen, mIoU-unseen, hIoU and GFA's diagnostics) and ``<out>/ablation.png``.
-``--steps`` shortens every run's schedule (0: the config's own); the base config takes overrides
+``--notrain`` tabulates the finished runs only. ``--steps`` shortens every run's schedule (0: the config's own); the base config takes overrides
 (``--config.model.gfa.omega=0.3``) that apply to every row.
 """
 import os
@@ -30,6 +30,7 @@ _OUT = flags.DEFINE_string('out', None, 'Output folder: runs/, ablation.md, abla
 _ROWS = flags.DEFINE_string('rows', 'all', 'Comma-separated rows or groups (t3, t4a, t4b, readings, ensemble, all).')
 _SEEDS = flags.DEFINE_integer('seeds', 3, 'Seeds per row (config.seed, config.seed + 1, ...).')
 _STEPS = flags.DEFINE_integer('steps', 300, "Training steps per run (0: the config's num_steps).")
+_TRAIN = flags.DEFINE_bool('train', True, 'Train missing runs; --notrain only tabulates the finished ones.')
 _CACHE = flags.DEFINE_string('compilation_cache', '', 'Persistent XLA compilation cache ("" = <out>/xla_cache).')
 flags.mark_flags_as_required(['out'])
 
@@ -46,7 +47,7 @@ def main(argv):
     raise cli.UserError(str(e)) from e
   jax.config.update('jax_compilation_cache_dir', _CACHE.value or os.path.join(_OUT.value, 'xla_cache'))
   base = _CONFIG.value
-  ablation.run(base, rows, _SEEDS.value, _OUT.value, steps=_STEPS.value, first_seed=base.seed)
+  ablation.run(base, rows, _SEEDS.value, _OUT.value, steps=_STEPS.value, first_seed=base.seed, train=_TRAIN.value)
   with open(os.path.join(_OUT.value, 'ablation.md')) as f:
     print(f.read(), flush=True)
   print(f"wrote {os.path.join(_OUT.value, 'ablation.md')} and {os.path.join(_OUT.value, 'ablation.png')}")

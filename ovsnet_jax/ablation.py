@@ -16,6 +16,7 @@ import io
 import json
 import math
 import os
+import resource
 import shutil
 import time
 
@@ -110,6 +111,11 @@ def run_path(out: str, config, seed: int) -> str:
   return os.path.join(out, 'runs', config_key(config), f'seed{seed}.json')
 
 
+def _cpu_s() -> float:
+  r = resource.getrusage(resource.RUSAGE_SELF)
+  return r.ru_utime + r.ru_stime
+
+
 def run_one(config, row: Row, seed: int, out: str) -> dict:
   """Trains and evaluates one (config, seed) unless its JSON exists; returns the record."""
   from ovsnet_jax import train  # pylint: disable=g-import-not-at-top
@@ -122,10 +128,11 @@ def run_one(config, row: Row, seed: int, out: str) -> dict:
   if not config.text.cache_dir:
     config.text.cache_dir = os.path.join(out, 'text_cache')
   workdir = os.path.join(os.path.dirname(path), f'seed{seed}')
-  tick = time.perf_counter()
+  tick, cpu = time.perf_counter(), _cpu_s()
   result = train.train_and_evaluate(config, workdir)
   record = {'row': row.name, 'seed': seed, 'config_key': config_key(config), 'overrides': dict(row.overrides),
             'step': result['step'], 'wall_s': round(time.perf_counter() - tick, 1),
+            'cpu_s': round(_cpu_s() - cpu, 1),  # all threads: an idle N-core machine needs >= cpu_s / N wall
             'eval': {k: float(v) for k, v in result['eval'].items() if isinstance(v, (int, float))},
             'train': result['train'], 'gfa_warning': result.get('gfa_warning')}
   atomic_io.write_json(record, path)
@@ -198,8 +205,10 @@ def bar_plot(table: list[dict]) -> bytes:
   return buf.getvalue()
 
 
-def run(base, rows: list[Row], seeds: int, out: str, steps: int = 0, first_seed: int = 0, log=print) -> list[dict]:
-  """Runs every (row, seed) not yet finished, then writes ``<out>/ablation.md`` and ``ablation.png``."""
+def run(base, rows: list[Row], seeds: int, out: str, steps: int = 0, first_seed: int = 0, log=print,
+        train: bool = True) -> list[dict]:
+  """Runs every (row, seed) not yet finished (only reads them if not ``train``), then writes
+  ``<out>/ablation.md`` and ``ablation.png``."""
   if seeds < 1:
     raise ValueError(f'--seeds: expected at least 1, got {seeds}')
   records = {}
@@ -207,13 +216,17 @@ def run(base, rows: list[Row], seeds: int, out: str, steps: int = 0, first_seed:
     for row in rows:
       config = row_config(base, row, steps)
       done = os.path.exists(run_path(out, config, seed))
-      log(f"[ablate] {row.name} seed {seed}: {'kept' if done else 'running'} ({config_key(config)})")
+      log(f"[ablate] {row.name} seed {seed}: {'kept' if done else 'running' if train else 'missing'} "
+          f"({config_key(config)})")
+      if not done and not train:
+        continue
       rec = run_one(config, row, seed, out)
       records.setdefault(row.name, []).append(rec)
       if not done:
-        log(f"[ablate] {row.name} seed {seed}: {rec['wall_s']:.0f} s, eval "
+        log(f"[ablate] {row.name} seed {seed}: {rec['wall_s']:.0f} s wall, {rec['cpu_s']:.0f} s CPU, eval "
             + ', '.join(f'{k} {rec["eval"].get(k, float("nan")):.2f}' for k in METRICS))
-      table = summarize(rows, records)
-      atomic_io.write_text(markdown(table), os.path.join(out, 'ablation.md'))
+      atomic_io.write_text(markdown(summarize(rows, records)), os.path.join(out, 'ablation.md'))
+  table = summarize(rows, records)
+  atomic_io.write_text(markdown(table), os.path.join(out, 'ablation.md'))
   atomic_io.write_bytes(bar_plot(table), os.path.join(out, 'ablation.png'))
   return table
