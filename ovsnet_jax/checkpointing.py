@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging as pylogging
 import os
+import re
 import shutil
 from typing import Any, NamedTuple, Optional
 
@@ -89,6 +90,12 @@ def array_checksums(tree: Any) -> dict:
   sums = jax.device_get(_tree_checksums([x for _, x in flat]))
   return {jax.tree_util.keystr(path): f'{np.dtype(x.dtype).name}{list(x.shape)}:{int(s[0]):08x}{int(s[1]):08x}'
           for (path, x), s in zip(flat, sums)}
+
+
+def canonical_keys(sums: dict) -> dict:
+  """`array_checksums` keys with attribute steps written as dict keys (`.params[...]` -> `['params'][...]`),
+  so that a state restored without a target (dicts for dataclasses) matches."""
+  return {re.sub(r"\.([A-Za-z_]\w*)", r"['\1']", k): v for k, v in sums.items()}
 
 
 def json_checksum(obj: Any) -> str:
