@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging as pylogging
 import os
+import re
 import shutil
 from typing import Any, NamedTuple, Optional
 
@@ -83,12 +84,60 @@ def _leaf_checksum(x: jax.Array) -> jax.Array:
 _tree_checksums = jax.jit(lambda leaves: [_leaf_checksum(x) for x in leaves])
 
 
+def _np_fmix32(h: np.ndarray) -> np.ndarray:
+  h = h ^ (h >> np.uint32(16))
+  h = h * np.uint32(0x85EBCA6B)
+  h = h ^ (h >> np.uint32(13))
+  h = h * np.uint32(0xC2B2AE35)
+  return h ^ (h >> np.uint32(16))
+
+
+def _np_leaf_checksum(x: np.ndarray) -> np.ndarray:
+  """`_leaf_checksum` in numpy (the same value): no compilation, for host and CPU arrays."""
+  x = np.asarray(x)
+  if x.dtype == np.bool_:
+    u = x.astype(np.uint32)
+  elif x.dtype.itemsize == 8:
+    u = np.ascontiguousarray(x).view(np.uint32).reshape(x.shape + (2,))
+  elif x.dtype.itemsize == 4:
+    u = x.view(np.uint32)
+  else:
+    u = x.view(np.dtype(f'uint{x.dtype.itemsize * 8}')).astype(np.uint32)
+  index = np.arange(u.size, dtype=np.uint64).astype(np.uint32).reshape(u.shape)
+  with np.errstate(over='ignore'):
+    a = np.sum(_np_fmix32(u ^ _np_fmix32(index * np.uint32(0x9E3779B9) + np.uint32(1))), dtype=np.uint32)
+    b = np.sum(_np_fmix32(u + _np_fmix32(index ^ np.uint32(0x5BD1E995))), dtype=np.uint32)
+  return np.stack([a, b])
+
+
+def _on_host(x: Any) -> bool:
+  """A numpy array, or a jax array held by this process on CPU devices only."""
+  if not isinstance(x, jax.Array):
+    return True
+  return jax.process_count() == 1 and all(d.platform == 'cpu' for d in x.sharding.device_set)
+
+
 def array_checksums(tree: Any) -> dict:
-  """{key path: 'dtype[shape]:<16 hex digits>'} of every array leaf of `tree` (one jitted call)."""
+  """{key path: 'dtype[shape]:<16 hex digits>'} of every array leaf of `tree`.
+
+  Accelerator arrays are hashed on the device (one jitted call, sharding-safe); host and CPU arrays
+  in numpy (identical values, no compilation: a jitted hash of a whole train state costs minutes of
+  XLA:CPU compilation).
+  """
   flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  sums = jax.device_get(_tree_checksums([x for _, x in flat]))
+  leaves = [x for _, x in flat]
+  if all(_on_host(x) for x in leaves):
+    sums = [_np_leaf_checksum(x) for x in leaves]
+  else:
+    sums = jax.device_get(_tree_checksums(leaves))
   return {jax.tree_util.keystr(path): f'{np.dtype(x.dtype).name}{list(x.shape)}:{int(s[0]):08x}{int(s[1]):08x}'
           for (path, x), s in zip(flat, sums)}
+
+
+def canonical_keys(sums: dict) -> dict:
+  """`array_checksums` keys with attribute steps written as dict keys (`.params[...]` -> `['params'][...]`),
+  so that a state restored without a target (dicts for dataclasses) matches."""
+  return {re.sub(r"\.([A-Za-z_]\w*)", r"['\1']", k): v for k, v in sums.items()}
 
 
 def json_checksum(obj: Any) -> str:

@@ -263,9 +263,10 @@ def load_params(path: str) -> dict:
   sums_file = os.path.join(step_dir, 'checksums', 'metadata')
   if os.path.isfile(sums_file):
     with open(sums_file) as f:
-      expected = json.load(f)['state']
+      expected = checkpointing.canonical_keys(json.load(f)['state'])
+    expected = {k: v for k, v in expected.items() if k.startswith("['params']")}  # what eval uses
     try:
-      checkpointing.verify_checksums(expected, checkpointing.array_checksums(state), state_dir)
+      checkpointing.verify_checksums(expected, checkpointing.array_checksums({'params': state['params']}), state_dir)
     except checkpointing.CheckpointError as e:
       raise cli.UserError(f'{e}: the checkpoint is damaged; pass an older <workdir>/checkpoints/<step> '
                           'folder') from e

@@ -263,6 +263,12 @@ def test_checksums_see_every_bit_and_position():
   sums = {checkpointing.array_checksums({'x': v})["['x']"] for v in (x, flipped, swapped, x.reshape(4, 3))}
   assert len(sums) == 4  # every change, a swap and a reshape give other checksums
   assert checkpointing.array_checksums({'x': x.copy()})["['x']"] == base
+  # The numpy hash (host/CPU arrays) and the jitted one (accelerators) agree on every dtype.
+  rng = np.random.default_rng(0)
+  for v in (x, rng.normal(size=(3, 5)).astype(jnp.bfloat16), np.arange(7, dtype=np.int32), np.array([True, False]),
+            np.uint8(200), rng.normal(size=(2, 3, 4)).astype(np.float16)):
+    np.testing.assert_array_equal(checkpointing._np_leaf_checksum(v),
+                                  jax.device_get(checkpointing._tree_checksums([jnp.asarray(v)]))[0])
 
 
 if __name__ == '__main__':

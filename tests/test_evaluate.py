@@ -151,7 +151,7 @@ def test_load_params_reads_the_trainers_checkpoints(tmp_path):
   ckpt = checkpointing.Checkpointer(str(tmp_path / 'checkpoints'), every=1, keep=2, async_save=False)
   ckpt.save(3, state, jax.random.PRNGKey(0), {'next_index': 4}, force=True)
   ckpt.save(7, state.replace(params={**params, 'logit_scale': np.float32(3.5)}), jax.random.PRNGKey(0),
-            None, force=True)
+            {'next_index': 8}, force=True)  # the data state is required (issue 11)
   ckpt.close()
   for path in (tmp_path, tmp_path / 'checkpoints', tmp_path / 'checkpoints' / '7'):
     loaded = evaluate.load_params(str(path))

@@ -187,7 +187,7 @@ def test_round_trip_through_file_is_bit_exact(tmp_path, suffix):
 def write_checkpoint(workdir, params, step):
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), every=1, keep=1, async_save=False)
   ckpt.save(step, {'step': np.int32(step), 'params': params, 'opt_state': {'mu': params['logit_scale']}},
-            jax.random.PRNGKey(0), None, force=True)
+            jax.random.PRNGKey(0), {'next_index': step}, force=True)  # the data state is required
   ckpt.close()
 
 

@@ -23,6 +23,7 @@ rebuilds from its own config) is never exported. Every param of our tree must ma
 unmapped one (e.g. the learned 'self_attn'/'cross_attn' fusion, which FC-CLIP does not have) is an
 error naming it.
 """
+import errno
 import os
 import re
 from typing import NamedTuple, Optional
@@ -305,7 +306,12 @@ def _atomic_write(path: str, write) -> None:
   """
   from ovsnet_jax import atomic_io  # pylint: disable=g-import-not-at-top
   with atomic_io.path_atomic(path) as tmp:
-    write(tmp)
+    try:
+      write(tmp)
+    except OSError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except (safetensors/torch wrap I/O errors in their own types)
+      raise atomic_io.OutputError(errno.EIO, f'cannot write {path}: {type(e).__name__}: {e}') from e
 
 
 def save(state: dict, meta: dict, out: str, overwrite: bool = False) -> tuple[str, str]:
