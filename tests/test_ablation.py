@@ -4,6 +4,7 @@ a rerun keeps the finished runs; row selection and shared runs between rows.
 The two rows (Table 3's "+GFA +PC" and Table 4b's "gamma = 2") are one config, so one tiny training
 run (the config of `tests/test_train.py`'s launcher runs: its step compiles once in the shared cache).
 """
+import glob
 import os
 import re
 import subprocess
@@ -50,8 +51,7 @@ def test_shortened_ablate_writes_a_well_formed_table_and_resumes(tmp_path):
   assert bound and float(bound.group(1)) > 0 and own and 0 <= float(own.group(1)) <= 1, cells[2]
   with open(os.path.join(out, 'ablation.png'), 'rb') as f:
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
-  runs = sorted(os.path.join(d, n) for d, _, files in os.walk(os.path.join(out, 'runs')) for n in files
-                if n.endswith('.json'))
+  runs = sorted(glob.glob(os.path.join(out, 'runs', '*', 'seed*.json')))  # one record per (config, seed)
   assert len(runs) == 1
   mtimes = [os.path.getmtime(p) for p in runs]
 
