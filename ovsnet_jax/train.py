@@ -122,6 +122,25 @@ def _reader(config: ml_collections.ConfigDict, name: str, split: str, semantic: 
   return pipeline.make_reader(name, config.data.root, split, semantic=semantic, **kwargs)
 
 
+def ensure_clip_checkpoint(config: ml_collections.ConfigDict) -> None:
+  """Pretrains the CLIP of `config.clip_pretrain` (the shapes world) if its cache entry is missing.
+
+  Only when `config.clip_pretrain` exists and `config.clip_checkpoint` is its cache directory
+  (`clip_pretraining.checkpoint_dir`); the CLIP is then loaded like any converted one.
+  """
+  if not config.get('clip_pretrain') or not config.clip_checkpoint:
+    return
+  from ovsnet_jax import clip_pretraining  # pylint: disable=g-import-not-at-top
+  settings = clip_pretraining.Settings(**config.clip_pretrain)
+  settings.check()
+  want = clip_pretraining.checkpoint_dir(settings)
+  if os.path.abspath(config.clip_checkpoint) == os.path.abspath(want):
+    clip_pretraining.ensure_pretrained(settings)
+  elif not os.path.exists(config.clip_checkpoint):
+    raise ValueError(f'config.clip_checkpoint={config.clip_checkpoint} does not exist and is not the '
+                     f'cache directory of config.clip_pretrain ({want}): set both together.')
+
+
 def load_clip(config: ml_collections.ConfigDict) -> tuple[str, dict]:
   """(variant, CLIP params {'visual', 'text', 'logit_scale'}) from `config.clip_checkpoint`, or random.
 
@@ -129,6 +148,7 @@ def load_clip(config: ml_collections.ConfigDict) -> tuple[str, dict]:
   tests train a tiny OVSNet on a random CLIP.
   """
   from ovsnet_jax.models import clip  # pylint: disable=g-import-not-at-top
+  ensure_clip_checkpoint(config)
   if config.clip_checkpoint:
     from ovsnet_jax.convert import open_clip as convert_open_clip  # pylint: disable=g-import-not-at-top
     variant, params = convert_open_clip.load_clip_checkpoint(config.clip_checkpoint)
@@ -161,6 +181,28 @@ def _log_scalars(writer, step: int, scalars: dict) -> None:
     for name, value in scalars.items():
       writer.add_scalar(name, float(value), step)
     writer.flush()
+
+
+RESULTS_NAME = 'results.json'
+
+
+def write_results(workdir: str, result: dict) -> None:
+  """Writes the run's last metrics to `<workdir>/results.json` (atomically; JSON numbers and strings)."""
+  from ovsnet_jax import atomic_io  # pylint: disable=g-import-not-at-top
+  atomic_io.write_json({'step': int(result['step']), 'train': result['train'], 'eval': result['eval']},
+                       os.path.join(workdir, RESULTS_NAME), indent=2,
+                       default=lambda o: o.tolist() if hasattr(o, 'tolist') else str(o))
+
+
+def read_results(workdir: str, step: int) -> dict | None:
+  """The results a finished run wrote at `step`, or None."""
+  import json  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, RESULTS_NAME)
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    result = json.load(f)
+  return result if result.get('step') == step else None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -213,6 +255,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer = tensorboardX.SummaryWriter(t.log_dir or os.path.join(workdir, 'tensorboard')) if main else None
   bar = tqdm.tqdm(total=t.num_steps, initial=start, disable=not main, desc='train', dynamic_ncols=True)
   result = {'step': start, 'train': {}, 'eval': {}}
+  if start >= stop:  # a finished run: report what it measured (or evaluate it again)
+    result = read_results(workdir, start) or {
+        **result, 'eval': evaluate.evaluate_params(config, model, state.params, classify, mesh)}
   tick, tick_step = time.perf_counter(), start
   for step in range(start, stop):
     batch = pipeline.to_device_batch(next(data_iter), mesh)
@@ -241,6 +286,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     result['step'] = done
   bar.close()
   ckpt.close()
+  if main and start < stop:
+    write_results(workdir, result)
   if writer is not None:
     writer.close()
   return result

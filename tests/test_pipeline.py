@@ -176,9 +176,9 @@ def test_shapes_dataset_is_deterministic_with_seen_and_unseen_splits(tmp_path):
   train, val = shapes.ShapesPanoptic('train', 30, 32), shapes.ShapesPanoptic('val', 30, 32)
   np.testing.assert_array_equal(train[5]['image'], shapes.ShapesPanoptic('train', 30, 32)[5]['image'])
   assert not np.array_equal(train[5]['image'], shapes.ShapesPanoptic('train', 30, 32, seed=1)[5]['image'])
-  assert len(train.class_names) == 7 and len(val.class_names) == 11
+  assert len(train.class_names) == 8 and len(val.class_names) == 13  # 5 + 3 seen, 3 + 2 held out
   train_cats = {s['category'] for i in range(30) for s in train[i]['segments']}
-  assert train_cats <= set(range(7))
+  assert train_cats <= set(range(8))
   val_names = {val.class_names[s['category']][0] for i in range(30) for s in val[i]['segments']}
   unseen = {n[0] for n, s in zip(val.class_names, shapes.seen_mask()) if not s}
   assert val_names & unseen  # held-out classes appear in val
@@ -190,7 +190,7 @@ def test_shapes_dataset_is_deterministic_with_seen_and_unseen_splits(tmp_path):
     assert (sem[ex['segment_ids'] == seg['id']] == seg['category']).all()
   shapes.write_class_file(str(tmp_path / 'v.txt'), 'val')
   lines = (tmp_path / 'v.txt').read_text().splitlines()
-  assert lines[0] == '0:circle,disc' and len(lines) == 11
+  assert lines[0] == '0:circle,disc' and len(lines) == 13
   with pytest.raises(ValueError, match="shapes: split must be one of \\('train', 'val'\\), got 'test'"):
     shapes.ShapesPanoptic('test')
 

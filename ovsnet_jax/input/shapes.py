@@ -1,4 +1,4 @@
-"""A procedural "shapes" dataset: coloured geometric shapes on textured backgrounds.
+"""A procedural "shapes" world: things (geometric shapes) on stuff (textured backgrounds).
 
 Images are generated in memory, deterministically from (seed, split, index), so any example can be
 read in any order (a random-access source like the real readers). Two splits:
@@ -6,53 +6,58 @@ read in any order (a random-access source like the real readers). Two splits:
 - 'val': every class, SEEN and UNSEEN; categories index `class_names('val')`, with `seen_mask()`
   flagging which ones the training vocabulary contains (the open-vocabulary evaluation).
 
-Each shape class has its own base colour (jittered per instance) so that a tiny randomly
-initialised model can learn the seen classes on CPU in minutes; the shapes themselves differ in
-geometry too. Panoptic view: backgrounds are "stuff" segments, shapes are "thing" instances
-(later shapes occlude earlier ones; fully hidden ones are dropped). `ShapesSemantic` gives the
-semantic view of the same images for evaluation.
+Colour never gives a class away: every thing and every stuff region gets random colours per
+instance, so a class is its geometry (things) or its texture (stuff). `ovsnet_jax.input.shapes_corpus`
+captions images of this same world (every class, seen and unseen) to pretrain a CLIP that knows
+them all. Panoptic view: backgrounds are "stuff" segments, shapes are "thing" instances (later
+shapes occlude earlier ones; fully hidden ones are dropped). `ShapesSemantic` gives the semantic
+view of the same images for evaluation.
 """
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 from ovsnet_jax.input import IGNORE_LABEL
 
-# (name, synonyms, base RGB colour, seen in training)
+# (name, synonyms, seen in training)
 THINGS = (
-    ('circle', ('disc',), (220, 40, 40), True),
-    ('square', (), (40, 80, 220), True),
-    ('triangle', (), (240, 200, 30), True),
-    ('star', ('hexagram',), (200, 60, 200), True),
-    ('cross', ('plus sign',), (30, 200, 200), True),
-    ('hexagon', (), (250, 130, 20), False),
-    ('ring', ('annulus',), (120, 60, 20), False),
-    ('diamond', ('rhombus',), (20, 20, 20), False),
+    ('circle', ('disc',), True),
+    ('square', (), True),
+    ('triangle', (), True),
+    ('star', ('hexagram',), True),
+    ('cross', ('plus sign',), True),
+    ('hexagon', (), False),
+    ('ring', ('annulus',), False),
+    ('diamond', ('rhombus',), False),
 )
+# Stuff is told apart by texture (see `stuff_texture`), never by colour.
 STUFF = (
-    ('sky', (), (150, 200, 250), True),
-    ('grass', ('lawn',), (60, 150, 60), True),
-    ('sand', (), (210, 190, 140), False),
+    ('sky', (), True),
+    ('grass', ('lawn',), True),
+    ('wall', ('brick wall',), True),
+    ('sand', (), False),
+    ('water', (), False),
 )
 SPLITS = ('train', 'val')
 _SPLIT_ID = {'train': 0, 'val': 1}
+MIN_CONTRAST = 90.0  # minimum RGB distance between a thing's colour and its background's mean
 
 
 def _classes(split: str):
   if split not in SPLITS:
     raise ValueError(f'shapes: split must be one of {SPLITS}, got {split!r}')
   all_classes = THINGS + STUFF
-  return all_classes if split == 'val' else tuple(c for c in all_classes if c[3])
+  return all_classes if split == 'val' else tuple(c for c in all_classes if c[2])
 
 
 def class_names(split: str) -> list[list[str]]:
   """Vocabulary of a split, in `vocab.load_class_names` format: per class [name, *synonyms]."""
-  return [[name, *syns] for name, syns, _, _ in _classes(split)]
+  return [[name, *syns] for name, syns, _ in _classes(split)]
 
 
 def seen_mask(split: str = 'val') -> list[bool]:
   """Per class of `split`, whether it is in the training vocabulary."""
-  return [c[3] for c in _classes(split)]
+  return [c[2] for c in _classes(split)]
 
 
 def write_class_file(path: str, split: str) -> None:
@@ -100,6 +105,101 @@ def shape_mask(name: str, size: int, cx: float, cy: float, r: float) -> np.ndarr
   raise ValueError(f'shape_mask: unknown shape {name!r}')
 
 
+def _two_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+  """Two random RGB colours at least 60 apart (a texture must stay visible)."""
+  c1 = rng.uniform(0, 255, 3)
+  for _ in range(20):
+    c2 = rng.uniform(0, 255, 3)
+    if np.linalg.norm(c1 - c2) >= 60:
+      break
+  return c1, c2
+
+
+def stuff_texture(name: str, rng: np.random.Generator, height: int, width: int,
+                  scale: float) -> np.ndarray:
+  """(height, width, 3) float texture of stuff class `name` in two random colours.
+
+  sky: smooth vertical gradient; grass: thin vertical streaks; wall: bricks; sand: speckle;
+  water: horizontal waves. `scale` is the image size / 64 (texture periods grow with it).
+  """
+  c1, c2 = _two_colours(rng)
+  yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+  if name == 'sky':
+    mix = np.broadcast_to(np.linspace(0, 1, height)[:, None], (height, width))
+  elif name == 'grass':
+    mix = np.repeat(rng.uniform(size=(1, -(-width // max(1, round(scale))))), max(1, round(scale)),
+                    axis=1)[:, :width] ** 2 + np.zeros((height, 1))
+  elif name == 'wall':
+    bh = rng.uniform(6, 9) * scale
+    row = np.floor((yy + rng.uniform(0, bh)) / bh)
+    shift = (row % 2) * bh
+    mix = (((yy + rng.uniform(0, bh)) % bh < 1.5 * scale)
+           | ((xx + shift) % (2 * bh) < 1.5 * scale)).astype(np.float64)
+  elif name == 'sand':
+    mix = (rng.uniform(size=(height, width)) < 0.3).astype(np.float64)
+  elif name == 'water':
+    period = rng.uniform(5, 8) * scale
+    mix = 0.5 + 0.5 * np.sin(2 * np.pi * yy / period
+                             + 1.5 * np.sin(2 * np.pi * xx / (3 * period) + rng.uniform(0, 7)))
+  else:
+    raise ValueError(f'stuff_texture: unknown stuff class {name!r}')
+  image = c1 * (1 - mix[..., None]) + c2 * mix[..., None]
+  return image + rng.normal(0, 4, size=image.shape)
+
+
+def _thing_colour(rng: np.random.Generator, background: np.ndarray) -> np.ndarray:
+  """A random colour at least MIN_CONTRAST from `background` (RGB mean of the region behind)."""
+  for _ in range(20):
+    colour = rng.uniform(0, 255, 3)
+    if np.linalg.norm(colour - background) >= MIN_CONTRAST:
+      break
+  return colour
+
+
+def render_scene(rng: np.random.Generator, size: int, stuff: Sequence[str],
+                 things: Sequence[str], split_row: Optional[int] = None,
+                 radius: tuple[float, float] = (1 / 7, 1 / 3.5)):
+  """Draws one image of the world.
+
+  Args:
+    rng: the generator all randomness comes from.
+    size: image side in pixels.
+    stuff: one or two stuff names (top to bottom; two are split at `split_row`).
+    things: thing names, drawn in order (later ones occlude earlier ones).
+    split_row: the row where the second stuff region starts (default: random).
+    radius: thing radius range as fractions of `size`.
+
+  Returns:
+    (image uint8 (size, size, 3), segment ids int32 (size, size), [(segment id, name)] of the
+    visible segments: stuff first, then things).
+  """
+  s, scale = size, size / 64
+  image = np.zeros((s, s, 3), np.float64)
+  ids = np.zeros((s, s), np.int32)
+  if len(stuff) == 2:
+    split_row = int(rng.integers(s // 4, 3 * s // 4)) if split_row is None else split_row
+    rows = [(0, split_row), (split_row, s)]
+  else:
+    rows = [(0, s)]
+  segments = []
+  for seg_id, ((top, bottom), name) in enumerate(zip(rows, stuff), start=1):
+    image[top:bottom] = stuff_texture(name, rng, bottom - top, s, scale)
+    ids[top:bottom] = seg_id
+    segments.append((seg_id, name))
+  for k, name in enumerate(things):
+    r = rng.uniform(radius[0] * s, radius[1] * s)
+    cx, cy = rng.uniform(r, s - r), rng.uniform(r, s - r)
+    mask = shape_mask(name, s, cx, cy, r)
+    colour = _thing_colour(rng, image[mask].mean(0) if mask.any() else image.mean((0, 1)))
+    image[mask] = colour + rng.normal(0, 4, size=(int(mask.sum()), 3))
+    seg_id = len(rows) + 1 + k
+    ids[mask] = seg_id
+    segments.append((seg_id, name))
+  present = set(np.unique(ids).tolist())
+  segments = [seg for seg in segments if seg[0] in present]
+  return np.clip(image, 0, 255).astype(np.uint8), ids, segments
+
+
 class ShapesPanoptic:
   """Panoptic reader: `ds[i] -> {'image', 'segment_ids', 'segments', 'file_name'}`."""
 
@@ -112,6 +212,7 @@ class ShapesPanoptic:
     self.seed, self.max_shapes = seed, max_shapes
     self._things = [i for i, c in enumerate(self.classes) if c in THINGS]
     self._stuff = [i for i, c in enumerate(self.classes) if c in STUFF]
+    self._index = {c[0]: i for i, c in enumerate(self.classes)}
 
   def __len__(self) -> int:
     return self.num_images
@@ -120,33 +221,13 @@ class ShapesPanoptic:
     if not 0 <= index < self.num_images:
       raise IndexError(f'shapes/{self.split}: index {index} out of range [0, {self.num_images})')
     rng = np.random.default_rng([self.seed, _SPLIT_ID[self.split], index])
-    s = self.image_size
-    image = np.zeros((s, s, 3), np.float64)
-    ids = np.zeros((s, s), np.int32)
-    segments = []
-    # Background: one stuff class, or two split at a random row.
-    split_row = int(rng.integers(s // 4, 3 * s // 4)) if rng.uniform() < 0.5 else s
-    rows = [(0, split_row), (split_row, s)] if split_row < s else [(0, s)]
-    for seg_id, (top, bottom) in enumerate(rows, start=1):
-      cls = int(rng.choice(self._stuff))
-      colour = np.asarray(self.classes[cls][2], np.float64)
-      image[top:bottom] = colour + rng.normal(0, 12, size=(bottom - top, s, 3))
-      ids[top:bottom] = seg_id
-      segments.append({'id': seg_id, 'category': cls, 'iscrowd': 0})
-    for k in range(int(rng.integers(1, self.max_shapes + 1))):
-      cls = int(rng.choice(self._things))
-      r = rng.uniform(s / 8, s / 4)
-      cx, cy = rng.uniform(r, s - r), rng.uniform(r, s - r)
-      mask = shape_mask(self.classes[cls][0], s, cx, cy, r)
-      colour = np.asarray(self.classes[cls][2], np.float64) + rng.uniform(-25, 25, size=3)
-      image[mask] = colour
-      seg_id = len(rows) + 1 + k
-      ids[mask] = seg_id
-      segments.append({'id': seg_id, 'category': cls, 'iscrowd': 0})
-    present = set(np.unique(ids).tolist())
-    segments = [seg for seg in segments if seg['id'] in present]
-    return {'image': np.clip(image, 0, 255).astype(np.uint8), 'segment_ids': ids,
-            'segments': segments, 'file_name': f'shapes/{self.split}/{index:06d}.png'}
+    stuff = [self.classes[int(i)][0] for i in rng.choice(self._stuff, 1 + int(rng.uniform() < 0.5))]
+    things = [self.classes[int(i)][0]
+              for i in rng.choice(self._things, int(rng.integers(1, self.max_shapes + 1)))]
+    image, ids, segs = render_scene(rng, self.image_size, stuff, things)
+    segments = [{'id': i, 'category': self._index[name], 'iscrowd': 0} for i, name in segs]
+    return {'image': image, 'segment_ids': ids, 'segments': segments,
+            'file_name': f'shapes/{self.split}/{index:06d}.png'}
 
 
 class ShapesSemantic:

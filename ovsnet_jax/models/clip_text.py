@@ -79,7 +79,9 @@ class CLIPText(nn.Module):
   @nn.compact
   def __call__(self, tokens: jax.Array) -> jax.Array:
     v = clip.get_variant(self.variant)
-    if tokens.ndim != 2 or tokens.shape[1] != v.context_length:
+    # Fewer than context_length columns are allowed: under the causal mask the EOT features of a
+    # prompt that fits do not depend on the columns after it (`clip_pretraining` uses short rows).
+    if tokens.ndim != 2 or not 1 <= tokens.shape[1] <= v.context_length:
       raise ValueError(
           f'CLIPText expects tokens (N, {v.context_length}), got shape {tokens.shape}.')
     if v.text_act not in ('gelu', 'quick_gelu'):
@@ -87,7 +89,7 @@ class CLIPText(nn.Module):
     x = nn.Embed(v.vocab_size, v.text_width, name='token_embedding')(tokens)  # (N, T, C)
     pos = self.param('positional_embedding', nn.initializers.normal(0.01),
                      (v.context_length, v.text_width), jnp.float32)
-    x = (x + pos).astype(self.dtype)
+    x = (x + pos[:tokens.shape[1]]).astype(self.dtype)
     for i in range(v.text_layers):
       x = ResidualAttentionBlock(v.text_width, v.text_heads, v.text_act, dtype=self.dtype,
                                  name=f'block{i}')(x)

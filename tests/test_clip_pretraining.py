@@ -1,0 +1,123 @@
+"""The shapes world's CLIP: its corpus, its contrastive loss, a short pretraining that must reach
+zero-shot accuracy clearly above chance on held-out images (seen and unseen classes), its
+checkpoint directory (read by the converted-CLIP loader), and the smoke path through
+`--config.clip_checkpoint` with it, including a rerun of the finished workdir.
+
+One short pretraining (`SHORT`) is shared by the tests through a session fixture.
+"""
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ovsnet_jax import clip_pretraining
+from ovsnet_jax.convert import open_clip as convert
+from ovsnet_jax.input import shapes
+from ovsnet_jax.input import shapes_corpus
+from ovsnet_jax.text import classifier
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHORT = clip_pretraining.Settings(num_images=1500, batch_size=64, steps=150, warmup_steps=20)
+
+
+@pytest.fixture(scope='session')
+def short_clip(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp('clip_cache'))
+  logs = []
+  out = clip_pretraining.ensure_pretrained(SHORT, root, log=logs.append)
+  with open(clip_pretraining.report_path(out)) as f:
+    return {'dir': out, 'root': root, 'report': json.load(f), 'logs': logs}
+
+
+def test_corpus_is_deterministic_and_captions_name_what_is_drawn():
+  ds = shapes_corpus.ShapesCaptions('train', 50, 64, seed=3)
+  again = shapes_corpus.ShapesCaptions('train', 50, 64, seed=3)
+  for i in (0, 17, 49):
+    np.testing.assert_array_equal(ds[i]['image'], again[i]['image'])
+    assert ds[i]['caption'] == again[i]['caption']
+  assert not np.array_equal(ds[0]['image'], shapes_corpus.ShapesCaptions('test', 50, 64, seed=3)[0]['image'])
+  synonyms = {name: (name, *syns) for name, syns, _ in shapes.THINGS + shapes.STUFF}
+  kinds = set()
+  for i in range(50):
+    ex = ds[i]
+    kinds.add(ex['kind'])
+    for cls in ex['things'] + (ex['stuff'] if ex['kind'] == 'stuff' else []):  # stuff behind things: optional
+      assert any(n in ex['caption'] for n in synonyms[cls]), (cls, ex['caption'])
+  assert kinds == {'thing', 'stuff', 'scene'}
+  with pytest.raises(IndexError, match='out of range'):
+    ds[50]
+
+
+def test_colour_does_not_give_the_class_away():
+  """Mean colour of each thing class over many instances is the same grey-ish value (random colours)."""
+  ds = shapes.ShapesPanoptic('val', 150, 64)
+  means = {}
+  for i in range(len(ds)):
+    ex = ds[i]
+    for seg in ex['segments']:
+      means.setdefault(seg['category'], []).append(ex['image'][ex['segment_ids'] == seg['id']].mean(0))
+  per_class = np.stack([np.mean(v, 0) for k, v in sorted(means.items()) if len(v) >= 20])  # (K', 3)
+  assert len(per_class) >= 10
+  assert np.abs(per_class - 127.5).max() < 30, per_class.round()
+
+
+def test_contrastive_loss_matches_a_numpy_reference_with_repeated_captions():
+  rng = np.random.default_rng(0)
+  img, txt = rng.normal(size=(5, 8)), rng.normal(size=(5, 8))
+  ids = np.array([0, 1, 0, 2, 1])
+  got = float(clip_pretraining.contrastive_loss(jnp.asarray(img), jnp.asarray(txt), jnp.log(10.0), jnp.asarray(ids)))
+  i = img / np.linalg.norm(img, axis=1, keepdims=True)
+  t = txt / np.linalg.norm(txt, axis=1, keepdims=True)
+  logits = 10.0 * i @ t.T
+  target = (ids[:, None] == ids[None]).astype(float)
+  target /= target.sum(1, keepdims=True)
+  ce = lambda z: -(target * (z - np.log(np.exp(z).sum(1, keepdims=True)))).sum(1).mean()
+  np.testing.assert_allclose(got, 0.5 * (ce(logits) + ce(logits.T)), rtol=1e-5)
+
+
+def test_short_pretraining_is_clearly_above_chance_zero_shot(short_clip):
+  zs = short_clip['report']['zero_shot']
+  chance = max(zs['chance_things'], zs['chance_stuff'])
+  assert zs['acc_seen'] > 2 * chance, zs
+  assert zs['acc_unseen'] > 1.5 * chance, zs
+
+
+def test_pretrained_dir_is_a_converted_clip_and_is_cached(short_clip):
+  variant, params = convert.load_clip_checkpoint(short_clip['dir'])
+  assert variant == SHORT.variant
+  config = convert.read_clip_config(short_clip['dir'])
+  assert config['sha256'] == clip_pretraining.params_sha256(params)
+  text = classifier.TextClassifier.from_checkpoint(short_clip['dir'])([['circle'], ['ring', 'annulus']])
+  assert text['embeds'].shape == (2, 2, 32)
+  logs = []
+  assert clip_pretraining.ensure_pretrained(SHORT, short_clip['root'], log=logs.append) == short_clip['dir']
+  assert logs == []  # found in the cache: nothing trained
+  other = dataclasses.replace(SHORT, steps=SHORT.steps + 1)
+  assert clip_pretraining.checkpoint_dir(other, short_clip['root']) != short_clip['dir']
+
+
+def test_launcher_rejects_bad_settings():
+  proc = subprocess.run([sys.executable, 'launch/pretrain_clip.py', '--steps=0'], cwd=REPO, capture_output=True,
+                        text=True, timeout=300, env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': REPO})
+  assert proc.returncode == 2
+  assert 'clip_pretrain.steps must be > 0' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def test_smoke_path_through_clip_checkpoint_and_rerun_prints_the_results(short_clip, tmp_path):
+  from configs import smoke  # pylint: disable=g-import-not-at-top
+  from ovsnet_jax import train  # pylint: disable=g-import-not-at-top
+  config = smoke.get_config('tiny')
+  config.clip_checkpoint = short_clip['dir']
+  config.model.clip_variant = SHORT.variant
+  first = train.train_and_evaluate(config, str(tmp_path))
+  assert first['step'] == config.train.num_steps
+  assert {'mIoU', 'mIoU-seen', 'mIoU-unseen', 'hIoU'} <= set(first['eval'])
+  again = train.train_and_evaluate(config, str(tmp_path))  # a finished workdir: the same results
+  assert again['step'] == first['step']
+  assert again['eval']['mIoU-unseen'] == pytest.approx(first['eval']['mIoU-unseen'])
+  assert again['train']['loss'] == pytest.approx(first['train']['loss'])
