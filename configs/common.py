@@ -208,6 +208,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Test-time precision of the model (trunk and decoder matmuls), independent of model.compute_dtype:
   # FC-CLIP / detectron2 evaluate in float32 (no autocast); bfloat16 moves the out-of-vocabulary
   # logits (scaled by 100) that unseen classes depend on. 'bfloat16' is the faster option.
+  # Measured on the miniature open world (configs/smoke.py, a weak 600-step checkpoint, 100 held-out
+  # images): float32 mIoU 3.07 (seen 3.70, unseen 2.06) vs bfloat16 2.89 (3.42, 2.04). Its 64x64 images
+  # give the same input under every pad_mode (a 64x64 canvas), so there the padding changes nothing.
   c.eval.compute_dtype = 'float32'
   # Image padding: 'multiple' (FC-CLIP / detectron2: each batch to its largest image rounded up to a
   # multiple of 32; one compile per shape, kept across runs by the launchers' persistent compilation
