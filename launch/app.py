@@ -34,6 +34,8 @@ _PORT = flags.DEFINE_integer('port', 7860, 'Port.')
 _MIN_SIZE = flags.DEFINE_integer('min_size', 800, 'Shortest-edge resize.')
 _MAX_SIZE = flags.DEFINE_integer('max_size', 1333, 'Longest-edge cap.')
 _TEXT_CACHE = flags.DEFINE_string('text_cache', '', "Text cache dir; '' -> user cache, 'none' -> off.")
+_EXAMPLE = flags.DEFINE_string('example', '', 'An image shown and segmented when the page opens.')
+_CLASSES = flags.DEFINE_string('classes', EXAMPLE_CLASSES, 'The vocabulary the text box starts with.')
 
 
 def segment_fn(seg: segmenter.Segmenter):
@@ -54,8 +56,9 @@ def segment_fn(seg: segmenter.Segmenter):
   return run
 
 
-def build_app(seg: segmenter.Segmenter, title: str = 'OVSNet open-vocabulary segmentation', note: str = ''):
-  """The gradio Blocks app around a Segmenter."""
+def build_app(seg: segmenter.Segmenter, title: str = 'OVSNet open-vocabulary segmentation', note: str = '',
+              example: str = '', default_classes: str = EXAMPLE_CLASSES):
+  """The gradio Blocks app around a Segmenter; `example`: an image shown, and segmented, on page load."""
   import gradio as gr
   with gr.Blocks(title=title) as app:
     gr.Markdown(f'## {title}\n{note}\nClasses: `,` between classes, `|` between synonyms (e.g. '
@@ -63,8 +66,8 @@ def build_app(seg: segmenter.Segmenter, title: str = 'OVSNet open-vocabulary seg
                 '`pc59`, ...).')
     with gr.Row():
       with gr.Column():
-        image = gr.Image(type='numpy', label='image')
-        classes = gr.Textbox(value=EXAMPLE_CLASSES, label='vocabulary')
+        image = gr.Image(value=example or None, type='numpy', label='image')
+        classes = gr.Textbox(value=default_classes, label='vocabulary')
         labels = gr.Checkbox(value=False, label='names on segments')
         button = gr.Button('Segment', variant='primary')
       with gr.Column():
@@ -72,6 +75,8 @@ def build_app(seg: segmenter.Segmenter, title: str = 'OVSNet open-vocabulary seg
         table = gr.Dataframe(headers=['class', 'area %', 'score', 'seen/unseen'], label='classes found',
                              interactive=False)
     button.click(segment_fn(seg), [image, classes, labels], [overlay, table], api_name='segment')
+    if example:
+      app.load(segment_fn(seg), [image, classes, labels], [overlay, table], api_name=False)
   return app
 
 
@@ -89,7 +94,9 @@ def main(argv):
   seg = segmenter.Segmenter.load(checkpoint, _CLIP.value, config, _FUSION.value, _TEXT_CACHE.value,
                                  min_size=_MIN_SIZE.value, max_size=_MAX_SIZE.value, bucket=128)
   note = note or f'Model: {seg.loaded.source} ({seg.config.model.clip_variant}, fusion {seg.config.model.fusion}).'
-  build_app(seg, note=note).launch(server_name=_HOST.value, server_port=_PORT.value)
+  if _EXAMPLE.value and not os.path.isfile(_EXAMPLE.value):
+    raise cli.UserError(f'--example {_EXAMPLE.value!r} does not exist.')
+  build_app(seg, note=note, example=_EXAMPLE.value, default_classes=_CLASSES.value).launch(server_name=_HOST.value, server_port=_PORT.value)
 
 
 if __name__ == '__main__':

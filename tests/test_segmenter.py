@@ -125,8 +125,9 @@ def test_segmenter_from_file_equals_direct_inference(tiny, seg):
   text = seg.loaded.classify(class_names)
   ref = inference.segment(params, image, class_names, model=ovsnet.build_model(config), text=text, **SIZE)
   r = seg(image, CLASSES)
-  assert r.labels.shape == image.shape[:2] and len(np.unique(r.labels)) > 1
+  assert r.labels.shape == image.shape[:2] and np.ptp(r.confidence) > 0
   np.testing.assert_array_equal(r.labels, ref['labels'])
+  np.testing.assert_allclose(r.confidence, ref['confidence'], rtol=1e-5, atol=1e-7)
   np.testing.assert_allclose(r.class_scores, ref['class_scores'], rtol=1e-5, atol=1e-7)
   np.testing.assert_array_equal(r.seen, ref['seen'])
 
