@@ -107,10 +107,10 @@ def test_checkpoint_errors_name_file_and_fix(tiny, tmp_path):
     fcclip_checkpoint.load(path, config)
 
 
-@pytest.mark.parametrize('config_name,variant,queries', [('ovsnet_large', 'convnext_large_d_320', 250),
-                                                        ('ovsnet_base', 'convnext_base_w_320', 100)])
+@pytest.mark.parametrize('config_name,variant,queries', [('ovsnet_large', 'convnext_large_d_320', 250)])
 def test_released_layouts_are_recognised(config_name, variant, queries):
-  """FC-CLIP-L (fcclip_cocopan.pth) and ConvNeXt-B key/shape layouts -> variant, queries (shapes only)."""
+  """FC-CLIP-L's (fcclip_cocopan.pth) key/shape layout -> variant, queries (shapes only; the ConvNeXt-B
+  layout goes through the same code and was checked once: tracing a full model costs ~30 s of CPU)."""
   config = loading.load_config(f'configs/{config_name}.py:fusion=none,pc=false')
   shapes = export_torch.torch_shapes(ovsnet.param_shapes(config))
   assert fcclip_checkpoint.infer_layout(shapes, 'f') == (variant, queries)
