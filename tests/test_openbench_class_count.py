@@ -92,7 +92,7 @@ def test_oracle_loses_exactly_the_confused_class():
 def test_launcher_end_to_end_on_a_tiny_ade150_layout(tmp_path):
   d2, out = tmp_path / 'd2', tmp_path / 'out'
   layouts.write_ade150(str(d2), num_images=2, size=(40, 56))
-  cmd = [sys.executable, 'launch/class_count_study.py', '--config=configs/smoke.py', '--dataset=ade150',
+  cmd = [sys.executable, 'launch/class_count_study.py', '--config=configs/smoke.py:tiny', '--dataset=ade150',
          f'--data_root={d2}', '--max_images=2', '--ks=0,3', '--pool=ade847', f'--out={out}',
          '--config.data.eval_size_from_dataset=False', '--config.data.eval_min_size=64',
          '--config.data.eval_max_size=96', '--config.eval.batch_size=1']

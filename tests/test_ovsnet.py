@@ -231,6 +231,6 @@ def test_full_base_model_lowers_at_1024_and_compiles():
   out = jax.eval_shape(apply, shapes, images, text)
   assert out['pred_masks'].shape == (10, 1, 100, 256, 256) and out['fused_embeds'].shape == (10, 1, 100, 640)
   lowered = apply.lower(shapes, images, text)  # 1024 x 1024, batch 1
-  assert 'stablehlo' in lowered.as_text()[:5000]
+  assert 'stablehlo' in lowered.as_text()
   compiled = lowered.compile()  # about 70 s on 2 shared CPU cores
   assert compiled.memory_analysis().argument_size_in_bytes > 4 * 100e6  # fp32 params are an argument
