@@ -64,8 +64,8 @@ def confused_oracle(num_own):
 
 def test_oracle_loses_exactly_the_confused_class():
   config = smoke.get_config()
-  config.eval.batch_size, config.eval.max_images = 2, 4
-  reader = OracleReader(4)
+  config.eval.batch_size, config.eval.max_images = 2, 8
+  reader = OracleReader(8)  # the first 8 held-out images of the shapes world contain class 0
   names = [list(c) for c in reader.class_names]
   calls = []
 
@@ -76,7 +76,7 @@ def test_oracle_loses_exactly_the_confused_class():
   study = class_count.run_study(config, confused_oracle(len(names)), jnp.float32(1.0), text_fn,
                                 sharding.make_mesh(jax.devices()[:1]), 'shapes', reader, names,
                                 vocab.load_class_names('ade847'), ks=[2, 0], seed=0, progress=False)
-  labels = np.stack([reader[i]['sem_seg'] for i in range(4)])
+  labels = np.stack([reader[i]['sem_seg'] for i in range(8)])
   present = np.unique(labels[labels != IGNORE_LABEL])
   assert 0 in present
   valid = labels != IGNORE_LABEL

@@ -55,7 +55,8 @@ def test_output_shapes_and_dtypes(tiny):
       'fused_embeds': ((L1, B, Q, D), f32), 'fused_query': ((L1, B, Q, D), f32), 'fused_clip': ((L1, B, Q, D), f32),
       'out_vocab_logits': ((B, Q, K), f32), 'logit_scale': ((), f32),
       'gfa': {'condition': ((L1, B), f32), 'singular': ((L1, B), jnp.bool_), 'rel_residual': ((L1, B), f32),
-              'spectral_bound': ((L1, B), f32), 'num_singular': ((), jnp.int32)}}
+              'spectral_bound': ((L1, B), f32), 'num_singular': ((), jnp.int32),
+              'fused_cosine': ((L1, B), f32), 'input_cosine': ((L1, B), f32), 'own_nearest': ((L1, B), f32)}}
   assert jax.tree.map(lambda x: (x.shape, x.dtype), out) == expected
   np.testing.assert_array_equal(np.asarray(logits), np.asarray(out['pred_logits'][-1]))
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(out))
