@@ -25,12 +25,12 @@ def test_two_processes_reach_the_single_process_loss(tmp_path):
   # 1 run in 3 under load, 0 in 7 with the scheduler off). Accelerator backends order collectives.
   flags = {'XLA_FLAGS': '--xla_force_host_platform_device_count=1 '
                         '--xla_cpu_enable_concurrency_optimized_scheduler=false'}
-  worker.wait_ok(worker.run_subprocess(single, flags), timeout=400)
+  worker.wait_ok(worker.run_subprocess(single, flags), timeout=1200)
   address = f'127.0.0.1:{free_port()}'
   procs = [worker.run_subprocess(multi, flags, address, '2', str(i)) for i in range(2)]
   try:
     for p in procs:
-      worker.wait_ok(p, timeout=400)
+      worker.wait_ok(p, timeout=1200)
   finally:
     for p in procs:
       if p.poll() is None:
