@@ -40,27 +40,14 @@ def open_atomic(path: str, mode: str = 'w', **kwargs) -> Iterator[Any]:
   """A file object for `path` ('w' or 'wb'); the file appears at `path` only if the block succeeds."""
   if mode not in ('w', 'wb'):
     raise ValueError(f"open_atomic: mode must be 'w' or 'wb', got {mode!r}")
-  path = os.fspath(path)
-  parent = os.path.dirname(os.path.abspath(path))
-  try:
-    os.makedirs(parent, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
-  except OSError as e:
-    raise OutputError(e.errno, f'cannot write {path}: {_reason(e)}') from e
-  try:
-    with os.fdopen(fd, mode, **kwargs) as f:
-      yield f
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except OSError as e:
-    _remove_quietly(tmp)
-    if isinstance(e, OutputError):
-      raise
-    raise OutputError(e.errno, f'cannot write {path}: {_reason(e)}') from e
-  except BaseException:
-    _remove_quietly(tmp)
-    raise
+  with path_atomic(path) as tmp:
+    try:
+      with open(tmp, mode, **kwargs) as f:
+        yield f
+    except OSError as e:
+      if isinstance(e, OutputError):
+        raise
+      raise OutputError(e.errno, f'cannot write {path}: {_reason(e)}') from e
 
 
 @contextlib.contextmanager
