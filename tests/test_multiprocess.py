@@ -20,11 +20,7 @@ def free_port() -> int:
 
 def test_two_processes_reach_the_single_process_loss(tmp_path):
   single, multi = str(tmp_path / 'single.npz'), str(tmp_path / 'multi.npz')
-  # XLA:CPU's concurrency-optimized scheduler lets independent all-reduces of one program run in an
-  # order that can differ between processes, and gloo then aborts ("collective mismatch"; seen about
-  # 1 run in 3 under load, 0 in 7 with the scheduler off). Accelerator backends order collectives.
-  flags = {'XLA_FLAGS': '--xla_force_host_platform_device_count=1 '
-                        '--xla_cpu_enable_concurrency_optimized_scheduler=false'}
+  flags = worker.device_flags(1)  # see worker.WORKER_FLAGS
   worker.wait_ok(worker.run_subprocess(single, flags), timeout=1200)
   address = f'127.0.0.1:{free_port()}'
   procs = [worker.run_subprocess(multi, flags, address, '2', str(i)) for i in range(2)]
