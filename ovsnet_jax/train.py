@@ -208,6 +208,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   model = ovsnet.build_model(config)
   init_rng, rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  # A global (replicated) array built from host data: with several processes orbax saves only global
+  # jax.Arrays (a host-local key made every multi-host save fail: "Cannot serialize host local
+  # jax.Array"), and device_put of a device-committed local array onto a multi-process sharding
+  # gives an array orbax cannot read either ("input arrays must have one shard each").
+  rng = jax.device_put(np.asarray(rng), rep)
   init_fn = lambda key, clip: create_train_state(ovsnet.init_params(config, key, clip), config)
   abstract = jax.eval_shape(init_fn, init_rng, clip_params)
   state_sh = sharding.state_shardings(abstract, mesh, t.shard_optimizer_state)
