@@ -10,10 +10,10 @@ import re
 import subprocess
 import sys
 
-import tempfile
 
 import pytest
 
+import launcher_env
 from configs import smoke
 from ovsnet_jax import ablation
 
@@ -21,9 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def subprocess_env() -> dict:
-  """CPU, the repo importable, the XLA compilation cache the other launcher tests share."""
-  return {**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': os.pathsep.join([REPO, os.environ.get('PYTHONPATH', '')]),
-          'JAX_COMPILATION_CACHE_DIR': os.path.join(tempfile.gettempdir(), 'ovsnet_jax_tests_xla_cache')}
+  return launcher_env.launcher_env()
 
 CELL = re.compile(r'^(\d+\.\d) ± (\d+\.\d)$')
 

@@ -90,8 +90,9 @@ def test_detectron2_files_load_exactly(tiny, kind):
 def test_code_in_a_checkpoint_is_never_unpickled(tmp_path):
   path = str(tmp_path / 'evil.pth')
   torch.save({'model': {'x': torch.zeros(1)}, 'hook': subprocess.Popen}, path)  # a global outside the allow-list
-  with pytest.raises(ValueError, match=r'could not read checkpoint .*evil.pth.*never loaded'):
+  with pytest.raises(ValueError, match=r'could not read checkpoint .*evil.pth.*never loaded.*Unsupported global') as e:
     fcclip_checkpoint.read_state(path)
+  assert 'weights_only' not in str(e.value)  # no advice to load it with weights_only=False (runs its code)
 
 
 def test_checkpoint_errors_name_file_and_fix(tiny, tmp_path):

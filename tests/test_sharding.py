@@ -8,10 +8,11 @@ tests/test_multiprocess.py reuses the worker across two processes.
 import os
 import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import pytest
+
+import launcher_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 3
@@ -100,9 +101,8 @@ def run_worker(out_path: str) -> dict:
 
 
 def run_subprocess(out_path: str, env: dict, *args: str) -> subprocess.Popen:
-  """Starts the worker (CPU, shared XLA compilation cache) with extra environment `env`."""
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': os.pathsep.join([REPO, os.environ.get('PYTHONPATH', '')]),
-         'JAX_COMPILATION_CACHE_DIR': os.path.join(tempfile.gettempdir(), 'ovsnet_jax_tests_xla_cache'), **env}
+  """Starts the worker (tests/launcher_env.py: CPU, shared compilation cache, fast compiles) with `env`."""
+  env = launcher_env.launcher_env(env.pop('XLA_FLAGS', '')) | env
   return subprocess.Popen([sys.executable, __file__, 'worker', out_path, *args], cwd=REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 

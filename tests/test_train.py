@@ -20,7 +20,6 @@ import signal
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 
 import jax
@@ -29,6 +28,7 @@ import pytest
 from tensorboardX.proto import event_pb2
 from tensorboardX.record_writer import masked_crc32c
 
+import launcher_env
 from configs import smoke
 from ovsnet_jax import checkpointing, evaluate, optim, sharding, train, train_guard
 from ovsnet_jax.input import pipeline
@@ -98,9 +98,7 @@ def _restore(workdir: str):
 
 
 def subprocess_env() -> dict:
-  """Subprocess environment: CPU, the repo importable, one XLA compilation cache for all runs."""
-  return {**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': os.pathsep.join([REPO, os.environ.get('PYTHONPATH', '')]),
-          'JAX_COMPILATION_CACHE_DIR': os.path.join(tempfile.gettempdir(), 'ovsnet_jax_tests_xla_cache')}
+  return launcher_env.launcher_env()
 
 
 def train_command(workdir: str, *overrides: str) -> list:

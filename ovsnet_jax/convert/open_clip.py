@@ -103,6 +103,16 @@ def _strip_prefix(state: dict, prefix: str) -> dict:
   return state
 
 
+
+def safe_load_error(e: BaseException) -> str:
+  """The message of a failed `torch.load(weights_only=True)`, without torch's advice to retry with
+  weights_only=False (which would run the file's pickled code): only the refused global is kept."""
+  why = str(e)
+  if 'weights_only' not in why:
+    return why
+  return (' '.join(line.strip() for line in why.splitlines() if 'Unpickler error' in line or 'Unsupported global' in line)
+          or 'the file holds pickled objects other than tensors')
+
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
   """Reads an open_clip weight file into {key: float32 numpy array} without unpickling objects."""
   if not os.path.isfile(path):
@@ -115,12 +125,8 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
       import torch  # pylint: disable=g-import-not-at-top
       state = torch.load(path, map_location='cpu', weights_only=True)
   except Exception as e:  # pylint: disable=broad-except (torch/safetensors raise many types)
-    why = str(e)
-    if 'weights_only' in why:  # drop torch's advice to load with weights_only=False (runs the pickle's code)
-      why = ' '.join(line.strip() for line in why.splitlines() if 'Unpickler error' in line
-                     or 'Unsupported global' in line) or 'the file holds pickled objects other than tensors'
     raise ValueError(f'Could not read open_clip checkpoint {path!r} (truncated or not a '
-                     f'safetensors/torch weights file): {type(e).__name__}: {why}') from e
+                     f'safetensors/torch weights file): {type(e).__name__}: {safe_load_error(e)}') from e
   if isinstance(state, dict) and isinstance(state.get('state_dict'), dict):
     state = state['state_dict']  # open_clip training checkpoint
   if not isinstance(state, dict) or not all(hasattr(v, 'shape') for v in state.values()):
