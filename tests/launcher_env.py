@@ -4,7 +4,10 @@ CPU; the repo importable; one persistent XLA compilation cache for all of them (
 points the in-process tests at the same directory); and LLVM's cheap code generation. These runs
 are a few steps of the tiny model, so compiling dominates them: measured on the tests/test_sharding.py
 worker (2 cores), 124 s -> 95 s wall and 176 s -> 116 s CPU, with identical losses. Not for
-compute-bound tests: the same flags make the CLIP pretraining step 2.2x slower (508 -> 1133 ms).
+compute-bound tests: the same flags make the CLIP pretraining step 2.2x slower (508 -> 1133 ms). Nor for
+tests that compare numerics across programs: the cheap code generation sums less accurately (the
+two-process run of tests/test_multiprocess.py then differed from the one-process run by 4.3e-5
+relative after 3 steps, 6.7e-6 at step 0; with the default code generation 2e-7).
 """
 import os
 import tempfile
@@ -14,8 +17,9 @@ XLA_CACHE = os.path.join(tempfile.gettempdir(), 'ovsnet_jax_tests_xla_cache')
 FAST_COMPILE_FLAGS = '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
 
 
-def launcher_env(xla_flags: str = '') -> dict:
+def launcher_env(xla_flags: str = '', fast_compile: bool = True) -> dict:
   """os.environ plus the settings above; `xla_flags` are added to XLA_FLAGS."""
-  flags = ' '.join(f for f in (os.environ.get('XLA_FLAGS', ''), FAST_COMPILE_FLAGS, xla_flags) if f)
+  fast = FAST_COMPILE_FLAGS if fast_compile else ''
+  flags = ' '.join(f for f in (os.environ.get('XLA_FLAGS', ''), fast, xla_flags) if f)
   return {**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': os.pathsep.join([REPO, os.environ.get('PYTHONPATH', '')]),
           'JAX_COMPILATION_CACHE_DIR': XLA_CACHE, 'XLA_FLAGS': flags}

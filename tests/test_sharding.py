@@ -101,8 +101,11 @@ def run_worker(out_path: str) -> dict:
 
 
 def run_subprocess(out_path: str, env: dict, *args: str) -> subprocess.Popen:
-  """Starts the worker (tests/launcher_env.py: CPU, shared compilation cache, fast compiles) with `env`."""
-  env = launcher_env.launcher_env(env.pop('XLA_FLAGS', '')) | env
+  """Starts the worker (tests/launcher_env.py: CPU, the shared compilation cache) with extra environment `env`.
+
+  Default code generation: its runs are compared to 1e-5 across different programs (launcher_env).
+  """
+  env = launcher_env.launcher_env(env.pop('XLA_FLAGS', ''), fast_compile=False) | env
   return subprocess.Popen([sys.executable, __file__, 'worker', out_path, *args], cwd=REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
