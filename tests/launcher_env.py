@@ -7,7 +7,7 @@ worker (2 cores), 124 s -> 95 s wall and 176 s -> 116 s CPU, with identical loss
 compute-bound tests: the same flags make the CLIP pretraining step 2.2x slower (508 -> 1133 ms). Nor for
 tests that compare numerics across programs: the cheap code generation sums less accurately (the
 two-process run of tests/test_multiprocess.py then differed from the one-process run by 4.3e-5
-relative after 3 steps, 6.7e-6 at step 0; with the default code generation 2e-7).
+relative after 3 steps, 6.7e-6 at step 0: over the 1e-5 it meets with the default code generation).
 """
 import os
 import tempfile
