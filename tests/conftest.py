@@ -13,11 +13,13 @@ import tempfile
 
 import pytest
 
+import launcher_env
+
 # The text-classifier cache defaults to the user's ~/.cache; tests keep theirs in a temporary folder.
 os.environ.setdefault('OVSNET_JAX_CACHE', tempfile.mkdtemp(prefix='ovsnet_jax_test_cache_'))
 # One persistent XLA compilation cache for the in-process tests and the launcher subprocesses (which
 # set the same directory): the tiny OVSNet programs that several tests compile are compiled once.
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(tempfile.gettempdir(), 'ovsnet_jax_tests_xla_cache'))
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', launcher_env.XLA_CACHE)
 
 from ovsnet_jax.convert import open_clip as convert
 from ovsnet_jax.convert import open_clip_testing

@@ -6,7 +6,6 @@ the global batch); a third, single-process run is the reference. Bounded in time
 has a timeout and is killed when it runs over.
 """
 import socket
-import subprocess
 
 import numpy as np
 
@@ -29,16 +28,9 @@ GLOO_ORDER_RACE = 'Is there a distributed collective mismatch in your code?'
 def run_two_processes(out_path: str, flags: dict) -> list:
   """Both workers to the end; returns [(returncode, output)] (killed at the time limit)."""
   address = f'127.0.0.1:{free_port()}'
-  procs = [worker.run_subprocess(out_path, dict(flags), address, '2', str(i)) for i in range(2)]
-  results = []
+  procs = [worker.run_subprocess(out_path, flags, address, '2', str(i)) for i in range(2)]
   try:
-    for p in procs:
-      try:
-        output, _ = p.communicate(timeout=1200)
-      except subprocess.TimeoutExpired:
-        p.kill()
-        output = p.communicate()[0] + '\n[killed after 1200 s]'
-      results.append((p.returncode, output))
+    results = [worker.finish(p, timeout=1200) for p in procs]
   finally:
     for p in procs:
       if p.poll() is None:

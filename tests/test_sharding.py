@@ -23,8 +23,8 @@ LOSS_RTOL, GRAD_TOL, PARAM_ATOL = 1e-5, 1e-5, 2e-5
 # longer than XLA:CPU's default 40 s for each other at a collective, and XLA then aborts the process
 # ("Termination timeout ... Expected 8 threads to join the rendezvous"; seen in CI): the limit is
 # raised. XLA:CPU's concurrency-optimized scheduler lets independent all-reduces of one program run
-# in an order that can differ between processes, and gloo then aborts ("collective mismatch"; 1 run
-# in 3 under load, 0 in 7 with it off). The single-device reference runs of this file and of
+# in an order that can differ between processes, and gloo then aborts ("collective mismatch"; less
+# often with it off: tests/test_multiprocess.py GLOO_ORDER_RACE). The single-device reference runs of this file and of
 # tests/test_multiprocess.py use the same flags, so the second one hits the compilation cache.
 WORKER_FLAGS = ('--xla_cpu_enable_concurrency_optimized_scheduler=false '
                 '--xla_cpu_collective_call_terminate_timeout_seconds=1200 '
@@ -105,19 +105,25 @@ def run_subprocess(out_path: str, env: dict, *args: str) -> subprocess.Popen:
 
   Default code generation: its runs are compared to 1e-5 across different programs (launcher_env).
   """
+  env = dict(env)
   env = launcher_env.launcher_env(env.pop('XLA_FLAGS', ''), fast_compile=False) | env
   return subprocess.Popen([sys.executable, __file__, 'worker', out_path, *args], cwd=REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
-def wait_ok(proc: subprocess.Popen, timeout: int = 600) -> None:
+def finish(proc: subprocess.Popen, timeout: int) -> tuple:
+  """(returncode, output) of the worker; killed (and said so in the output) after `timeout` s."""
   try:
     output, _ = proc.communicate(timeout=timeout)
   except subprocess.TimeoutExpired:
     proc.kill()
-    output, _ = proc.communicate()
-    pytest.fail(f'worker timed out after {timeout}s:\n{output[-3000:]}')
-  assert proc.returncode == 0, output[-5000:]
+    output = proc.communicate()[0] + f'\n[worker timed out after {timeout}s]'
+  return proc.returncode, output
+
+
+def wait_ok(proc: subprocess.Popen, timeout: int = 600) -> None:
+  code, output = finish(proc, timeout)
+  assert code == 0, output[-5000:]
 
 
 def assert_same_run(a: dict, b: dict) -> None:
