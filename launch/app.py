@@ -88,7 +88,8 @@ def main(argv):
   if checkpoint is None:
     checkpoint = SMOKE_WORKDIR if os.path.isdir(os.path.join(SMOKE_WORKDIR, 'checkpoints')) else ''
     config = config or 'configs/smoke.py'
-    note = (f'Model: the smoke model ({SMOKE_WORKDIR}, shapes dataset, random CLIP).' if checkpoint else
+    note = (f'Model: the smoke model ({SMOKE_WORKDIR}: the shapes world, its CLIP pretrained on the '
+            "world's captions)." if checkpoint else
             f'Model: configs/smoke.py with a **random decoder** (train it: `python launch/train.py '
             f'--config=configs/smoke.py --workdir={SMOKE_WORKDIR}`); the labels are meaningless.')
   seg = segmenter.Segmenter.load(checkpoint, _CLIP.value, config, _FUSION.value, _TEXT_CACHE.value,

@@ -8,6 +8,7 @@ Usage:
   python launch/benchmark.py --mode=pipeline    # input pipeline img/s per host
   python launch/benchmark.py --mode=criterion   # matching + losses, sampling budget vs all slots
   python launch/benchmark.py --mode=peer        # OVSNet-B vs the PyTorch peer, same run
+  python launch/benchmark.py --mode=text        # vocabulary text encoding, trimmed vs 77 tokens
 
 `launch/benchmark.py --mode=X --help` shows mode X's flags.
 
@@ -24,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from ovsnet_jax import atomic_io  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-MODES = ('trunk', 'deform', 'inference', 'train', 'pipeline', 'criterion', 'peer')
+MODES = ('trunk', 'deform', 'inference', 'train', 'pipeline', 'criterion', 'peer', 'text')
 
 
 def main(argv=None):

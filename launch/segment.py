@@ -17,13 +17,11 @@ import sys
 
 from absl import flags
 from ml_collections import config_flags
-import numpy as np
 import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `configs` importable
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from ovsnet_jax import atomic_io
 from ovsnet_jax import cli
 from ovsnet_jax import segmenter
 
@@ -47,35 +45,23 @@ _TEXT_CACHE = flags.DEFINE_string('text_cache', '', "Text cache dir; '' -> user 
 flags.mark_flags_as_required(['classes', 'out'])
 
 
-def video_frames(path: str, every: int):
-  """(name, uint8 frame) of every `every`-th frame of a video."""
-  try:
-    import imageio.v3 as iio
-  except ImportError as e:
-    raise cli.UserError('--video needs imageio (pip install imageio imageio-ffmpeg)') from e
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'--video {path!r} does not exist.')
-  stem = os.path.splitext(os.path.basename(path))[0]
-  for i, frame in enumerate(iio.imiter(path)):
-    if i % every == 0:
-      yield f'{stem}_{i:06d}', np.asarray(frame)[..., :3]
-
-
 def inputs():
-  """[(output stem, image path or array)] from --images or --video."""
+  """((output stem, image path or array) iterable, count or None) from --images or --video."""
   if bool(_IMAGES.value) == bool(_VIDEO.value):
     raise cli.UserError('pass exactly one of --images=GLOB and --video=FILE.')
   if _VIDEO.value:
     if _EVERY.value < 1:
       raise cli.UserError(f'--every: expected a positive integer, got {_EVERY.value}')
-    return list(video_frames(_VIDEO.value, _EVERY.value))
+    if not os.path.isfile(_VIDEO.value):
+      raise cli.UserError(f'--video {_VIDEO.value!r} does not exist.')
+    return segmenter.video_frames(_VIDEO.value, _EVERY.value), None  # streamed: length unknown
   paths = sorted(p for p in glob.glob(os.path.expanduser(_IMAGES.value)) if os.path.isfile(p))
   if not paths:
     raise cli.UserError(f'--images {_IMAGES.value!r}: no files match (quote the glob, e.g. --images=\'dir/*.jpg\').')
   stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
   if len(set(stems)) != len(stems):  # same name in two folders: keep the relative path
     stems = [os.path.splitext(os.path.relpath(p))[0].replace(os.sep, '__') for p in paths]
-  return list(zip(stems, paths))
+  return list(zip(stems, paths)), len(paths)
 
 
 def main(argv):
@@ -84,23 +70,14 @@ def main(argv):
   cli.quiet_logs()
   if _BATCH.value < 1:
     raise cli.UserError(f'--batch_size: expected a positive integer, got {_BATCH.value}')
-  items = inputs()
+  items, total = inputs()
   seg = segmenter.Segmenter.load(_CHECKPOINT.value, _CLIP.value, _CONFIG.value, _FUSION.value, _TEXT_CACHE.value,
                                  min_size=_MIN_SIZE.value, max_size=_MAX_SIZE.value, bucket=_BUCKET.value,
                                  batch_size=_BATCH.value)
-  class_names, _ = segmenter.resolve(_CLASSES.value)
-  os.makedirs(_OUT.value, exist_ok=True)
-  atomic_io.write_json({'classes': class_names, 'names': [c[0] for c in class_names]},
-                       os.path.join(_OUT.value, 'classes.json'), indent=1)
-  seg.text(class_names)  # encode (progress bar) before the image bar starts
-  group = max(_BATCH.value * 8, 32)  # images read per call: bounded memory for large folders
-  with tqdm.tqdm(total=len(items), desc='segment', unit='img', dynamic_ncols=True) as bar:
-    for start in range(0, len(items), group):
-      part = items[start:start + group]
-      results = seg.segment_many([x for _, x in part], _CLASSES.value, on_done=bar.update)
-      for (stem, _), result in zip(part, results):
-        result.save(_OUT.value, stem=f'{stem}_', alpha=_ALPHA.value, segment_labels=_LABELS.value)
-  print(f'wrote {len(items)} results to {_OUT.value}', flush=True)
+  with tqdm.tqdm(total=total, desc='segment', unit='img', dynamic_ncols=True) as bar:
+    count = segmenter.segment_to_folder(seg, items, _CLASSES.value, _OUT.value, group=max(_BATCH.value * 8, 32),
+                                        on_done=bar.update, alpha=_ALPHA.value, segment_labels=_LABELS.value)
+  print(f'wrote {count} results to {_OUT.value}', flush=True)
 
 
 if __name__ == '__main__':

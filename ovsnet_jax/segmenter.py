@@ -10,9 +10,10 @@ configs/ovsnet_large.py, ConvNeXt-B -> configs/ovsnet_base.py) and FC-CLIP's inf
 (fusion 'none'); `fusion='gfa'` applies OVSNet's training-free GFA to the same weights.
 """
 import dataclasses
+import itertools
 import json
 import os
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -173,6 +174,56 @@ class Segmenter:
                                   batch_size=self.batch_size, on_done=on_done)
     return [Result(a, r['labels'], r['confidence'], r['class_scores'], class_names, seen, colors)
             for a, r in zip(arrays, raw)]
+
+
+def video_frames(path: str, every: int = 1) -> Iterator[Tuple[str, np.ndarray]]:
+  """Streams (`<video stem>_<frame index>`, uint8 (H, W, 3)) for every `every`-th frame of a video.
+
+  Frames are decoded one at a time by imageio (any format it reads: mp4 etc. with imageio-ffmpeg,
+  GIF with Pillow), so a long video never sits in memory.
+  """
+  try:
+    import imageio.v3 as iio  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise cli.UserError('reading a video needs imageio (pip install "imageio[ffmpeg]")') from e
+  if every < 1:
+    raise cli.UserError(f'every: expected a positive integer, got {every}')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'video {path!r} does not exist.')
+  stem = os.path.splitext(os.path.basename(path))[0]
+
+  def frames():  # checks above run at the call, decoding only when iterated
+    try:
+      for i, frame in enumerate(iio.imiter(path)):
+        if i % every == 0:
+          frame = np.asarray(frame)
+          if frame.ndim == 2:
+            frame = np.repeat(frame[..., None], 3, axis=-1)
+          yield f'{stem}_{i:06d}', np.ascontiguousarray(frame[..., :3]).astype(np.uint8)
+    except (OSError, ValueError, SyntaxError, EOFError) as e:  # Pillow reports a corrupt GIF as SyntaxError
+      raise cli.UserError(f'video {path!r}: cannot decode it ({e})') from e
+  return frames()
+
+
+def segment_to_folder(seg: 'Segmenter', items: Iterable[Tuple[str, ImageLike]], classes: Vocabulary, out: str,
+                      group: int = 32, on_done: Optional[Callable[[int], Any]] = None, **save_kwargs) -> int:
+  """Segments (stem, image) pairs into `out` (`Result.save` files per image, `classes.json`); returns the count.
+
+  `items` is consumed `group` at a time (a folder or a video stream never sits in memory whole);
+  each group is batched by size bucket. `save_kwargs` go to `Result.save` (alpha, segment_labels).
+  """
+  class_names, _ = resolve(classes)
+  os.makedirs(out, exist_ok=True)
+  atomic_io.write_json({'classes': class_names, 'names': [c[0] for c in class_names]},
+                       os.path.join(out, 'classes.json'), indent=1)
+  seg.text(class_names)  # encode first (its own progress bar)
+  items, count = iter(items), 0
+  while part := list(itertools.islice(items, group)):
+    results = seg.segment_many([x for _, x in part], classes, on_done=on_done)
+    for (stem, _), result in zip(part, results):
+      result.save(out, stem=f'{stem}_', **save_kwargs)
+    count += len(part)
+  return count
 
 
 def _config_of_file(path: str):

@@ -33,3 +33,15 @@ def test_criterion_benchmark_budget_keeps_the_loss():
   # Counter-based point draws: a budget that fits samples the same points for the real targets.
   np.testing.assert_allclose(figures['loss_3'], figures['loss_0'], rtol=1e-6)
   assert figures['cpu_s_0'] > 0 and figures['cpu_s_3'] > 0
+
+
+def test_text_benchmark_trimmed_encoding_equals_full_context():
+  from ovsnet_jax.benchmarks import text as text_bench  # pylint: disable=g-import-not-at-top
+  figures = text_bench.run(['--vocab=ade150', '--variant=test_tiny', '--fraction=0.02', '--repeats=1',
+                            '--chunk=64'])
+  # every 50th of ade150's 403 synonyms, 14 VILD templates each
+  assert figures['synonyms'] == 403 and figures['timed_prompts'] == 9 * 14
+  assert figures['max_abs_diff'] < 1e-5  # the causal mask makes trimming exact
+  assert figures['cpu_s_trim'] > 0 and figures['cpu_s_full'] > 0
+  bad = _benchmark('--mode=text', '--fraction=0')
+  assert bad.returncode == 2 and '--fraction must be in (0, 1]' in bad.stderr

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from configs import smoke
+from ovsnet_jax import cli
 from ovsnet_jax import inference
 from ovsnet_jax import loading
 from ovsnet_jax import segmenter
@@ -209,6 +210,8 @@ def test_web_demo_http_api(seg, tmp_path):
 @pytest.mark.parametrize('args,message', [
     (['launch/segment.py', '--images=/nonexistent/*.jpg', '--classes=cat,dog', '--out=/tmp/x'],
      "error: --images '/nonexistent/*.jpg': no files match"),
+    (['launch/segment.py', '--video=/nonexistent/clip.mp4', '--classes=cat,dog', '--out=/tmp/x'],
+     "error: --video '/nonexistent/clip.mp4' does not exist."),
     (['launch/demo.py', '--image=x.jpg', '--classes=ADE150'], "error: unknown vocabulary 'ADE150'"),
 ])
 def test_launchers_report_bad_input_in_one_line(args, message):
@@ -216,3 +219,31 @@ def test_launchers_report_bad_input_in_one_line(args, message):
                         env={**os.environ, 'PYTHONPATH': ROOT, 'JAX_PLATFORMS': 'cpu'})
   assert proc.returncode == 2, proc.stderr
   assert message in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def test_video_frames_stream_into_a_folder(seg, tmp_path):
+  rng = np.random.default_rng(3)
+  frames = [rng.integers(0, 256, (40, 56, 3), dtype=np.uint8) for _ in range(5)]
+  video = str(tmp_path / 'clip.gif')
+  # A lossless GIF: 8 grey levels fit its palette, so decoded frames equal the written ones.
+  frames = [(f // 32 * 32).astype(np.uint8) for f in frames]
+  frames = [np.repeat(f[..., :1], 3, axis=-1) for f in frames]
+  Image.fromarray(frames[0]).save(video, save_all=True, append_images=[Image.fromarray(f) for f in frames[1:]],
+                                  duration=40, loop=0)
+  stream = segmenter.video_frames(video, every=2)
+  names, decoded = zip(*stream)
+  assert names == ('clip_000000', 'clip_000002', 'clip_000004')
+  for got, want in zip(decoded, frames[::2]):
+    np.testing.assert_array_equal(got, want)
+  out = str(tmp_path / 'out')
+  count = segmenter.segment_to_folder(seg, segmenter.video_frames(video, every=2), CLASSES, out, group=2)
+  assert count == 3
+  written = sorted(os.listdir(out))
+  assert 'classes.json' in written and 'clip_000004_labels.png' in written and len(written) == 1 + 3 * 3
+  labels = np.asarray(Image.open(os.path.join(out, 'clip_000002_labels.png')))
+  np.testing.assert_array_equal(labels, seg(frames[2], CLASSES).labels)
+  with pytest.raises(FileNotFoundError, match='missing.mp4'):
+    segmenter.video_frames(str(tmp_path / 'missing.mp4'))
+  (tmp_path / 'broken.gif').write_bytes(b'GIF89a not really')
+  with pytest.raises(cli.UserError, match='broken.gif.*cannot decode'):
+    list(segmenter.video_frames(str(tmp_path / 'broken.gif')))
