@@ -217,3 +217,17 @@ def test_evaluation_runs_ovsnet_in_eval_compute_dtype():
     evaluate.with_eval_precision(trained, config)
   other = oracle_fn(0)
   assert evaluate.with_eval_precision(other, smoke.get_config()) is other  # other models are left as they are
+
+
+def test_program_that_cannot_fit_is_refused_before_it_runs():
+  x = jnp.ones((256, 256), jnp.float32)
+  compiled = jax.jit(lambda a: jnp.tanh(a @ a.T) @ a).lower(x).compile()
+  analysis = compiled.memory_analysis()
+  need = analysis.temp_size_in_bytes + analysis.output_size_in_bytes
+  assert need >= 256 * 256 * 4  # at least the (256, 256) float32 output
+  assert evaluate.check_program_fits(compiled, 'demo', 'lower it.', available=need, devices_sharing=1) == need
+  assert evaluate.check_program_fits(compiled, 'demo', 'x', available=2 * need, devices_sharing=2) == 2 * need
+  with pytest.raises(evaluate.DoesNotFit, match=r'demo needs 0\.0 GiB .* but only 0\.0 GiB are available on cpu; '
+                     r'lower it\.'):
+    evaluate.check_program_fits(compiled, 'demo', 'lower it.', available=need - 1, devices_sharing=1)
+  assert evaluate.available_memory(jax.devices('cpu')[0]) > 0  # /proc/meminfo's MemAvailable
