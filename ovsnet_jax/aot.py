@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from ovsnet_jax import cli
+
 GIB = 1024 ** 3
 
 
@@ -163,6 +165,51 @@ def check_fits(rep: dict, what: str) -> None:
                      f"(arguments {rep['argument_bytes'] / GIB:.2f} + temporaries {rep['temp_bytes'] / GIB:.2f} "
                      f"+ outputs) > {rep['hbm_bytes'] / GIB:.0f} GiB HBM; lower --config.train.batch_size, "
                      'use more chips or a smaller --config.data.crop_size')
+
+
+class DoesNotFit(cli.UserError):
+  """A compiled program needs more memory than its device has available (a one-line launcher error)."""
+
+
+def available_memory(device: jax.Device) -> Optional[int]:
+  """Bytes a new program can still use on `device`: host MemAvailable for CPU devices (they share it),
+  else the device's memory_stats limit minus what is in use; None when the backend does not say."""
+  if device.platform == 'cpu':
+    try:
+      with open('/proc/meminfo') as f:
+        for line in f:
+          if line.startswith('MemAvailable:'):
+            return int(line.split()[1]) * 1024
+    except OSError:
+      return None
+    return None
+  stats = device.memory_stats() if hasattr(device, 'memory_stats') else None
+  if not stats or 'bytes_limit' not in stats:
+    return None
+  return int(stats['bytes_limit']) - int(stats.get('bytes_in_use', 0))
+
+
+def check_program_fits(compiled, what: str, hint: str, available: Optional[int] = None,
+                       devices_sharing: Optional[int] = None) -> Optional[int]:
+  """Raises DoesNotFit (naming `what`, the need and `hint`) when a compiled program cannot fit.
+
+  The need is XLA's own memory analysis of the program: its temporaries plus its outputs (its
+  arguments, params and the batch, are already resident), times the local devices that share one
+  memory (CPU devices all live in host memory). Returns the need in bytes (None if unknown).
+  """
+  analysis = compiled.memory_analysis()
+  if analysis is None:
+    return None
+  device = jax.local_devices()[0]
+  if devices_sharing is None:
+    devices_sharing = jax.local_device_count() if device.platform == 'cpu' else 1
+  need = (analysis.temp_size_in_bytes + analysis.output_size_in_bytes) * devices_sharing
+  available = available_memory(device) if available is None else available
+  if available is not None and need > available:
+    raise DoesNotFit(f'{what} needs {need / GIB:.1f} GiB of working memory (XLA memory analysis: temporaries + '
+                      f'outputs{f" on {devices_sharing} devices" if devices_sharing > 1 else ""}), but only '
+                      f'{available / GIB:.1f} GiB are available on {device.platform}; {hint}')
+  return need
 
 
 def format_report(rep: dict, what: str, devices: list, chip: Optional[Chip]) -> str:

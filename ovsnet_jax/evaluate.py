@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from ovsnet_jax import cli
+from ovsnet_jax import aot
 from ovsnet_jax import metrics
 
 
@@ -104,54 +104,6 @@ def make_eval_step(semantic_fn: Callable, num_classes: int,
   return semantic_fn, confusion_fn
 
 
-GIB = 2**30
-
-
-class DoesNotFit(cli.UserError):
-  """A compiled program needs more memory than its device has available (a one-line launcher error)."""
-
-
-def available_memory(device: jax.Device) -> Optional[int]:
-  """Bytes a new program can still use on `device`: host MemAvailable for CPU devices (they share it),
-  else the device's memory_stats limit minus what is in use; None when the backend does not say."""
-  if device.platform == 'cpu':
-    try:
-      with open('/proc/meminfo') as f:
-        for line in f:
-          if line.startswith('MemAvailable:'):
-            return int(line.split()[1]) * 1024
-    except OSError:
-      return None
-    return None
-  stats = device.memory_stats() if hasattr(device, 'memory_stats') else None
-  if not stats or 'bytes_limit' not in stats:
-    return None
-  return int(stats['bytes_limit']) - int(stats.get('bytes_in_use', 0))
-
-
-def check_program_fits(compiled, what: str, hint: str, available: Optional[int] = None,
-                       devices_sharing: Optional[int] = None) -> Optional[int]:
-  """Raises DoesNotFit (naming `what`, the need and `hint`) when a compiled program cannot fit.
-
-  The need is XLA's own memory analysis of the program: its temporaries plus its outputs (its
-  arguments, params and the batch, are already resident), times the local devices that share one
-  memory (CPU devices all live in host memory). Returns the need in bytes (None if unknown).
-  """
-  analysis = compiled.memory_analysis()
-  if analysis is None:
-    return None
-  device = jax.local_devices()[0]
-  if devices_sharing is None:
-    devices_sharing = jax.local_device_count() if device.platform == 'cpu' else 1
-  need = (analysis.temp_size_in_bytes + analysis.output_size_in_bytes) * devices_sharing
-  available = available_memory(device) if available is None else available
-  if available is not None and need > available:
-    raise DoesNotFit(f'{what} needs {need / GIB:.1f} GiB of working memory (XLA memory analysis: temporaries + '
-                      f'outputs{f" on {devices_sharing} devices" if devices_sharing > 1 else ""}), but only '
-                      f'{available / GIB:.1f} GiB are available on {device.platform}; {hint}')
-  return need
-
-
 def run_evaluation(step: tuple[Callable, Callable], params: Any, text: Any, batches: Iterable[dict],
                    mesh: Mesh, num_classes: int, *, total: Optional[int] = None,
                    progress: bool = True) -> np.ndarray:
@@ -170,7 +122,7 @@ def run_evaluation(step: tuple[Callable, Callable], params: Any, text: Any, batc
     if key not in programs:
       compiled = scores_fn.lower(params, images, text).compile()
       b, h, w = images.shape[:3]
-      check_program_fits(compiled, f'evaluation at batch {b} on a {h}x{w} canvas',
+      aot.check_program_fits(compiled, f'evaluation at batch {b} on a {h}x{w} canvas',
                          'lower config.eval.batch_size (the memory grows with it; FC-CLIP evaluates one image '
                          'per device) or the test size (config.data.eval_min_size / eval_max_size).')
       programs[key] = compiled

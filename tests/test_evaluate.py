@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from configs import smoke
-from ovsnet_jax import checkpointing, evaluate, metrics, sharding, train
+from ovsnet_jax import aot, checkpointing, evaluate, metrics, sharding, train
 from ovsnet_jax.input import IGNORE_LABEL, layouts, shapes, transforms
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -225,9 +225,9 @@ def test_program_that_cannot_fit_is_refused_before_it_runs():
   analysis = compiled.memory_analysis()
   need = analysis.temp_size_in_bytes + analysis.output_size_in_bytes
   assert need >= 256 * 256 * 4  # at least the (256, 256) float32 output
-  assert evaluate.check_program_fits(compiled, 'demo', 'lower it.', available=need, devices_sharing=1) == need
-  assert evaluate.check_program_fits(compiled, 'demo', 'x', available=2 * need, devices_sharing=2) == 2 * need
-  with pytest.raises(evaluate.DoesNotFit, match=r'demo needs 0\.0 GiB .* but only 0\.0 GiB are available on cpu; '
+  assert aot.check_program_fits(compiled, 'demo', 'lower it.', available=need, devices_sharing=1) == need
+  assert aot.check_program_fits(compiled, 'demo', 'x', available=2 * need, devices_sharing=2) == 2 * need
+  with pytest.raises(aot.DoesNotFit, match=r'demo needs 0\.0 GiB .* but only 0\.0 GiB are available on cpu; '
                      r'lower it\.'):
-    evaluate.check_program_fits(compiled, 'demo', 'lower it.', available=need - 1, devices_sharing=1)
-  assert evaluate.available_memory(jax.devices('cpu')[0]) > 0  # /proc/meminfo's MemAvailable
+    aot.check_program_fits(compiled, 'demo', 'lower it.', available=need - 1, devices_sharing=1)
+  assert aot.available_memory(jax.devices('cpu')[0]) > 0  # /proc/meminfo's MemAvailable

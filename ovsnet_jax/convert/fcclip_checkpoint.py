@@ -79,8 +79,9 @@ def read_state(path: str) -> dict[str, np.ndarray]:
       with torch.serialization.safe_globals(_numpy_safe_globals()):
         obj = torch.load(path, map_location='cpu', weights_only=True)
   except Exception as e:  # pylint: disable=broad-except (torch raises many types)
+    why = convert_open_clip.safe_load_error(e)
     raise ValueError(f'could not read checkpoint {path!r} (truncated, not a torch/safetensors file, or it '
-                     f'pickles code, which is never loaded): {type(e).__name__}: {convert_open_clip.safe_load_error(e)}') from e
+                     f'pickles code, which is never loaded): {type(e).__name__}: {why}') from e
   if isinstance(obj, dict) and isinstance(obj.get('model'), dict):
     obj = obj['model']  # detectron2 Checkpointer format
   if not isinstance(obj, dict) or not obj:

@@ -103,15 +103,15 @@ def _strip_prefix(state: dict, prefix: str) -> dict:
   return state
 
 
-
 def safe_load_error(e: BaseException) -> str:
   """The message of a failed `torch.load(weights_only=True)`, without torch's advice to retry with
   weights_only=False (which would run the file's pickled code): only the refused global is kept."""
   why = str(e)
   if 'weights_only' not in why:
     return why
-  return (' '.join(line.strip() for line in why.splitlines() if 'Unpickler error' in line or 'Unsupported global' in line)
-          or 'the file holds pickled objects other than tensors')
+  kept = [line.strip() for line in why.splitlines() if 'Unpickler error' in line or 'Unsupported global' in line]
+  return ' '.join(kept) or 'the file holds pickled objects other than tensors'
+
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
   """Reads an open_clip weight file into {key: float32 numpy array} without unpickling objects."""
