@@ -57,7 +57,10 @@ def main(argv):
     raise cli.UserError(str(e)) from e
   if jax.process_index() == 0:
     ev = {k: round(float(v), 2) for k, v in result['eval'].items() if isinstance(v, (int, float))}
-    print(f"final step {result['step']}: loss {result['train'].get('loss', float('nan')):.4f}; eval {ev}", flush=True)
+    chance = {k: round(float(v), 2) for k, v in result['eval'].get('chance', {}).items()}
+    tail = f'; chance (random labelling with the ground-truth class frequencies) {chance}' if chance else ''
+    print(f"final step {result['step']}: loss {result['train'].get('loss', float('nan')):.4f}; eval {ev}{tail}",
+          flush=True)
 
 
 if __name__ == '__main__':

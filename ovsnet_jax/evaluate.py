@@ -218,7 +218,9 @@ def evaluate_dataset(config, semantic_fn: Callable, params: Any, text_fn: Callab
   n = len(reader) if e.max_images <= 0 else min(e.max_images, len(reader))
   step = make_eval_step(semantic_fn, len(names), e.get('class_chunk', 128))
   conf = run_evaluation(step, params, text, ds, mesh, len(names), total=n, progress=progress)
-  res = metrics.segmentation_metrics(conf, [c[0] for c in names], seen if seen.any() and not seen.all() else None)
+  split = seen if seen.any() and not seen.all() else None
+  res = metrics.segmentation_metrics(conf, [c[0] for c in names], split)
+  res['chance'] = metrics.chance_metrics(conf, split)
   res['info'] = {'dataset': dataset, 'num_images': n, 'eval_size': [min_size, max_size]}
   return res
 
@@ -320,6 +322,9 @@ def format_table(results: dict, per_class: bool = False) -> str:
   info = results.get('info', {})
   lines = [f"{info.get('dataset', '')}: {info.get('num_images', '?')} images",
            ' | '.join(f'{k:>11s}' for k in keys), ' | '.join(f'{results[k]:11.2f}' for k in keys)]
+  chance = results.get('chance')
+  if chance:  # a random labelling with the ground truth's class frequencies (metrics.chance_metrics)
+    lines.append(' | '.join(f'{chance[k]:11.2f}' if k in chance else ' ' * 11 for k in keys) + ' | chance')
   if per_class:
     width = max(len(n) for n in results['IoU'])
     lines += [f'{n:<{width}s}  IoU {v:6.2f}  ACC {results["ACC"][n]:6.2f}' for n, v in results['IoU'].items()]

@@ -91,6 +91,23 @@ def segmentation_metrics(conf: np.ndarray, class_names: Optional[Sequence[str]] 
   return res
 
 
+def chance_metrics(conf: np.ndarray, seen: Optional[Sequence[bool]] = None) -> dict:
+  """The scores a random labelling would get on the same ground truth (the chance level).
+
+  The labelling draws every pixel's class independently with the ground truth's class frequencies
+  p_k (prior-matched; it scores higher than a uniform draw over the vocabulary); its expected
+  confusion matrix is n_j * p_k (n_j: ground-truth pixels of class j), scored as `conf` is.
+
+  Returns:
+    {'mIoU', 'mIoU-seen', 'mIoU-unseen', 'hIoU'} (the last three when `seen` is given), percent.
+  """
+  conf = np.asarray(conf, np.float64)
+  gt = conf.sum(1)  # (K,)
+  expected = gt[:, None] * (gt / max(gt.sum(), 1.0))[None, :]  # (K, K)
+  res = segmentation_metrics(expected, None, seen)
+  return {k: res[k] for k in ('mIoU', 'mIoU-seen', 'mIoU-unseen', 'hIoU') if k in res}
+
+
 class ConfusionAccumulator:
   """Sums per-batch device confusion matrices, flushing to a host int64 total before int32 overflow.
 

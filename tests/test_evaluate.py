@@ -102,6 +102,10 @@ def test_exact_model_gives_100_and_wrong_model_gives_0(tmp_path):
   assert all(loaded['IoU'][n] is None for n in absent)
   table = evaluate.format_table(res, per_class=True)
   assert 'mIoU' in table and 'circle' in table
+  # The chance row depends on the ground truth only (metrics.chance_metrics): both models get the same.
+  assert res['chance'] == wrong['chance'] and 0 < res['chance']['mIoU'] < 100
+  chance_row = table.splitlines()[3]
+  assert chance_row.endswith('| chance') and f"{res['chance']['mIoU']:11.2f}" in chance_row
 
 
 def test_resized_evaluation_matches_the_reference_path():

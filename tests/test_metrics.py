@@ -98,6 +98,25 @@ def test_seen_unseen_harmonic_mean():
   assert res['hIoU'] == pytest.approx(2 * 75 * 50 / 125)
 
 
+def test_chance_level_is_a_random_labelling_with_the_ground_truth_frequencies():
+  # Ground truth: 30 pixels of class 0, 10 of class 1 (p = 0.75, 0.25), whatever was predicted.
+  conf = np.array([[5, 25], [10, 0]])
+  res = metrics.chance_metrics(conf, seen=[True, False])
+  # Expected confusion n_j p_k = [[22.5, 7.5], [7.5, 2.5]]: IoU 22.5 / 37.5 = 0.6 and 2.5 / 17.5 = 1/7.
+  assert res['mIoU-seen'] == pytest.approx(60.0)
+  assert res['mIoU-unseen'] == pytest.approx(100 / 7)
+  assert res['mIoU'] == pytest.approx((60 + 100 / 7) / 2)
+  assert res['hIoU'] == pytest.approx(2 * 60 * (100 / 7) / (60 + 100 / 7))
+  # A sampled random labelling of a larger image scores the same, up to sampling noise.
+  rng = np.random.default_rng(0)
+  gt = rng.choice(3, size=200_000, p=[0.6, 0.3, 0.1])
+  pred = rng.choice(3, size=gt.size, p=np.bincount(gt) / gt.size)
+  sampled = metrics.segmentation_metrics(_conf([pred], [gt], 3), seen=[True, True, False])
+  expected = metrics.chance_metrics(_conf([gt], [gt], 3), seen=[True, True, False])
+  for k in ('mIoU', 'mIoU-seen', 'mIoU-unseen', 'hIoU'):
+    assert sampled[k] == pytest.approx(expected[k], abs=0.3), k
+
+
 def test_perfect_prediction_is_100():
   gt = np.random.default_rng(0).integers(-1, 5, size=(31, 29))
   res = metrics.segmentation_metrics(_conf([np.maximum(gt, 0)], [gt], 5))
