@@ -21,6 +21,7 @@ from ovsnet_jax import clip_pretraining  # pylint: disable=g-import-not-at-top,w
 
 _DEFAULTS = clip_pretraining.Settings()
 _FLAGS = {f.name: (flags.DEFINE_string if f.type in (str, 'str') else
+                   flags.DEFINE_bool if f.type in (bool, 'bool') else
                    flags.DEFINE_float if f.type in (float, 'float') else flags.DEFINE_integer)(
                        f.name, getattr(_DEFAULTS, f.name), f'Settings.{f.name}')
           for f in dataclasses.fields(clip_pretraining.Settings)}

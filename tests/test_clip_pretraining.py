@@ -22,7 +22,11 @@ from ovsnet_jax.input import shapes_corpus
 from ovsnet_jax.text import classifier
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHORT = clip_pretraining.Settings(num_images=2000, batch_size=64, steps=300, warmup_steps=30)
+# The short run uses the unpatterned world (shapes alone): there 300 steps at batch 64 learn several
+# classes, while on the default patterned world the tower is still leaving its plateau at 300 steps
+# (measured 2026-11-30: zero-shot seen 34.4%, unseen 2.0%). The default world's CLIP is measured in
+# the README; this test checks the recipe learns, on the same code path.
+SHORT = clip_pretraining.Settings(num_images=2000, batch_size=64, steps=300, warmup_steps=30, patterned=False)
 
 
 @pytest.fixture(scope='session')
@@ -66,6 +70,36 @@ def test_colour_does_not_give_the_class_away():
   assert np.abs(per_class - 127.5).max() < 30, per_class.round()
 
 
+def test_each_thing_wears_its_class_pattern_and_flips_map_patterns_to_themselves():
+  size = 64
+  patterns = {p: shapes.pattern_mix(p, np.random.default_rng(7), size) for p in set(shapes.THING_PATTERNS.values())}
+  assert not patterns['solid'].any()
+  assert (patterns['hstripes'] == patterns['hstripes'][:, :1]).all()  # constant along each row
+  assert (patterns['vstripes'] == patterns['vstripes'][:1]).all()  # constant along each column
+  for name, mix in patterns.items():
+    assert name == 'solid' or 0.1 < mix.mean() < 0.9, (name, mix.mean())
+  # A flip is the same pattern at another phase: its row/column autocorrelation profile is unchanged, and
+  # it differs from every other class's pattern more than from its own pattern at other phases.
+  def profile(m):  # (2, L): mean agreement of m with itself shifted along x and along y
+    return np.stack([[np.mean(m[:, d:] == m[:, :size - d]) for d in range(1, 12)],
+                     [np.mean(m[d:] == m[:size - d]) for d in range(1, 12)]])
+  for name, mix in patterns.items():
+    for flipped in (mix[:, ::-1], mix[::-1]):
+      np.testing.assert_allclose(profile(flipped), profile(mix), atol=0.03, err_msg=name)
+  with pytest.raises(ValueError, match="pattern_mix: unknown pattern 'zebra'"):
+    shapes.pattern_mix('zebra', np.random.default_rng(0), 8)
+  # In the rendered world a patterned thing shows two colours; patterned=False draws one (+ noise).
+  for patterned, min_spread in ((True, 20.0), (False, 0.0)):  # colours >= MIN_CONTRAST apart
+    ds = shapes.ShapesPanoptic('val', 12, 64, patterned=patterned)
+    spreads = []
+    for i in range(len(ds)):
+      ex = ds[i]
+      for seg in ex['segments']:
+        if ds.class_names[seg['category']][0] in ('square', 'triangle', 'hexagon') and (ex['segment_ids'] == seg['id']).sum() > 60:
+          spreads.append(ex['image'][ex['segment_ids'] == seg['id']].astype(float).std(0).max())
+    assert spreads and (min(spreads) > min_spread if patterned else max(spreads) < 8), (patterned, spreads)
+
+
 def test_contrastive_loss_matches_a_numpy_reference_with_repeated_captions():
   rng = np.random.default_rng(0)
   img, txt = rng.normal(size=(5, 8)), rng.normal(size=(5, 8))
@@ -81,8 +115,8 @@ def test_contrastive_loss_matches_a_numpy_reference_with_repeated_captions():
 
 
 def test_short_pretraining_is_clearly_above_chance_zero_shot(short_clip):
-  """A short run (300 steps) learns the classes it sees most; the full recipe (600 steps, batch 128)
-  also gets the unseen ones above chance (README figures), which this short run does not yet."""
+  """A short run (300 steps) learns the classes it sees most; the full recipe also gets the unseen
+  ones above chance (README figures), which this short run does not yet."""
   zs = short_clip['report']['zero_shot']
   is_thing = [i < len(shapes.THINGS) for i in range(len(shapes.THINGS) + len(shapes.STUFF))]
   chance = np.array([zs['chance_things'] if t else zs['chance_stuff'] for t in is_thing])  # (K,)

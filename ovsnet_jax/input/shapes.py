@@ -7,7 +7,8 @@ read in any order (a random-access source like the real readers). Two splits:
   flagging which ones the training vocabulary contains (the open-vocabulary evaluation).
 
 Colour never gives a class away: every thing and every stuff region gets random colours per
-instance, so a class is its geometry (things) or its texture (stuff). `ovsnet_jax.input.shapes_corpus`
+instance, so a class is its geometry and surface pattern (things, `THING_PATTERNS`; `patterned=False`
+for geometry alone) or its texture (stuff). `ovsnet_jax.input.shapes_corpus`
 captions images of this same world (every class, seen and unseen) to pretrain a CLIP that knows
 them all. Panoptic view: backgrounds are "stuff" segments, shapes are "thing" instances (later
 shapes occlude earlier ones; fully hidden ones are dropped). `ShapesSemantic` gives the semantic
@@ -41,6 +42,12 @@ STUFF = (
 SPLITS = ('train', 'val')
 _SPLIT_ID = {'train': 0, 'val': 1}
 MIN_CONTRAST = 90.0  # minimum RGB distance between a thing's colour and its background's mean
+# Each thing class's surface pattern (`patterned=True`, the default): two random colours in a pattern
+# typical of the class, as real categories have typical surfaces (a zebra's stripes), so a thing is its
+# shape AND its pattern, never its colour. Every pattern is its own mirror image up to a random phase,
+# so flips (the CLIP pretraining augmentation) never turn one class's pattern into another's.
+THING_PATTERNS = {'circle': 'solid', 'square': 'checker', 'triangle': 'hstripes', 'star': 'dots',
+                  'cross': 'crosshatch', 'hexagon': 'vstripes', 'ring': 'zigzag', 'diamond': 'grid'}
 
 
 def _classes(split: str):
@@ -156,9 +163,41 @@ def _thing_colour(rng: np.random.Generator, background: np.ndarray) -> np.ndarra
   return colour
 
 
+def pattern_mix(pattern: str, rng: np.random.Generator, size: int) -> np.ndarray:
+  """float (size, size) in {0, 1}: where a thing's second colour shows, for surface `pattern`.
+
+  Period 3.5-5 px at 64 px (scaled with `size`), random phase.
+  """
+  yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+  p = rng.uniform(3.5, 5) * size / 64
+  oy, ox = rng.uniform(0, 2 * p, 2)
+  y, x = (yy + oy) % p < p / 2, (xx + ox) % p < p / 2
+  if pattern == 'solid':
+    mix = np.zeros((size, size), bool)
+  elif pattern == 'checker':
+    mix = y ^ x
+  elif pattern == 'hstripes':
+    mix = y
+  elif pattern == 'vstripes':
+    mix = x
+  elif pattern == 'dots':
+    mix = ((yy + oy) % p < p / 2.5) & ((xx + ox) % p < p / 2.5)
+  elif pattern == 'crosshatch':  # both diagonals
+    mix = ((yy + xx + oy) % (1.4 * p) < 0.45 * p) | ((yy - xx + 4 * size + ox) % (1.4 * p) < 0.45 * p)
+  elif pattern == 'zigzag':  # horizontal chevrons: rows displaced by a triangle wave along x
+    tri = np.abs((xx + ox) % (2 * p) - p)  # 0..p
+    mix = (yy + tri + oy) % p < p / 2
+  elif pattern == 'grid':
+    mix = ((yy + oy) % p < 1.2 * size / 64) | ((xx + ox) % p < 1.2 * size / 64)
+  else:
+    raise ValueError(f'pattern_mix: unknown pattern {pattern!r}, expected one of '
+                     f'{sorted(set(THING_PATTERNS.values()))}')
+  return mix.astype(np.float64)
+
+
 def render_scene(rng: np.random.Generator, size: int, stuff: Sequence[str],
                  things: Sequence[str], split_row: Optional[int] = None,
-                 radius: tuple[float, float] = (1 / 7, 1 / 3.5)):
+                 radius: tuple[float, float] = (1 / 7, 1 / 3.5), patterned: bool = True):
   """Draws one image of the world.
 
   Args:
@@ -168,6 +207,8 @@ def render_scene(rng: np.random.Generator, size: int, stuff: Sequence[str],
     things: thing names, drawn in order (later ones occlude earlier ones).
     split_row: the row where the second stuff region starts (default: random).
     radius: thing radius range as fractions of `size`.
+    patterned: things wear their class's surface pattern (`THING_PATTERNS`) in two random
+      colours; False: one random colour per thing (its shape alone tells its class).
 
   Returns:
     (image uint8 (size, size, 3), segment ids int32 (size, size), [(segment id, name)] of the
@@ -191,6 +232,10 @@ def render_scene(rng: np.random.Generator, size: int, stuff: Sequence[str],
     cx, cy = rng.uniform(r, s - r), rng.uniform(r, s - r)
     mask = shape_mask(name, s, cx, cy, r)
     colour = _thing_colour(rng, image[mask].mean(0) if mask.any() else image.mean((0, 1)))
+    if patterned:
+      second = _thing_colour(rng, colour)
+      mix = pattern_mix(THING_PATTERNS[name], rng, s)[mask][:, None]  # (N, 1)
+      colour = colour * (1 - mix) + second * mix
     image[mask] = colour + rng.normal(0, 4, size=(int(mask.sum()), 3))
     seg_id = len(rows) + 1 + k
     ids[mask] = seg_id
@@ -204,8 +249,9 @@ class ShapesPanoptic:
   """Panoptic reader: `ds[i] -> {'image', 'segment_ids', 'segments', 'file_name'}`."""
 
   def __init__(self, split: str = 'train', num_images: int = 1000, image_size: int = 64,
-               seed: int = 0, max_shapes: int = 4):
+               seed: int = 0, max_shapes: int = 4, patterned: bool = True):
     self.split = split
+    self.patterned = patterned
     self.classes = _classes(split)
     self.class_names = class_names(split)
     self.num_images, self.image_size = num_images, image_size
@@ -224,7 +270,7 @@ class ShapesPanoptic:
     stuff = [self.classes[int(i)][0] for i in rng.choice(self._stuff, 1 + int(rng.uniform() < 0.5))]
     things = [self.classes[int(i)][0]
               for i in rng.choice(self._things, int(rng.integers(1, self.max_shapes + 1)))]
-    image, ids, segs = render_scene(rng, self.image_size, stuff, things)
+    image, ids, segs = render_scene(rng, self.image_size, stuff, things, patterned=self.patterned)
     segments = [{'id': i, 'category': self._index[name], 'iscrowd': 0} for i, name in segs]
     return {'image': image, 'segment_ids': ids, 'segments': segments,
             'file_name': f'shapes/{self.split}/{index:06d}.png'}

@@ -7,7 +7,8 @@ random access. Three kinds of image, so that both single concepts and scenes are
 - 'thing' (55%): one thing on one stuff region, "a photo of a small star on grass.";
 - 'stuff' (25%): one stuff region only, "a photo of water.";
 - 'scene' (20%): 2-3 things on one or two stuff regions, "a circle and a ring on sand and sky.".
-Colours are random per instance (`shapes`), so captions are about shape and texture only.
+Colours are random per instance (`shapes`), so captions are about shape, surface pattern and texture
+only.
 """
 import numpy as np
 
@@ -52,10 +53,11 @@ class ShapesCaptions:
   """
 
   def __init__(self, split: str = 'train', num_images: int = 10000, image_size: int = 64,
-               seed: int = 0):
+               seed: int = 0, patterned: bool = True):
     if split not in SPLITS:
       raise ValueError(f'shapes_corpus: split must be one of {sorted(SPLITS)}, got {split!r}')
     self.split, self.num_images, self.image_size, self.seed = split, num_images, image_size, seed
+    self.patterned = patterned
 
   def __len__(self) -> int:
     return self.num_images
@@ -78,7 +80,8 @@ class ShapesCaptions:
     """Renders and captions one image of `kind` with the given class names."""
     r = float(rng.uniform(1 / 6, 1 / 3))  # a lone thing is drawn large: its shape, not the stuff, is the topic
     radius = (r, r) if kind == 'thing' else (1 / 7, 1 / 3.5)
-    image, _, segs = shapes.render_scene(rng, self.image_size, stuff, things, radius=radius)
+    image, _, segs = shapes.render_scene(rng, self.image_size, stuff, things, radius=radius,
+                                         patterned=self.patterned)
     visible = [name for _, name in segs]
     vis_things = [t for t in things if t in visible[len(stuff):]] or things[-1:]
     stuff_text = _join([_name(rng, s) for s in stuff])
@@ -93,11 +96,11 @@ class ShapesCaptions:
     return {'image': image, 'caption': caption, 'kind': kind, 'things': vis_things, 'stuff': stuff}
 
 
-def zero_shot_set(per_class: int, image_size: int, seed: int = 0):
+def zero_shot_set(per_class: int, image_size: int, seed: int = 0, patterned: bool = True):
   """Held-out single-concept images for zero-shot classification.
 
   Per thing class `per_class` images of that thing alone on random stuff (labelled the thing),
-  per stuff class `per_class` images of that stuff alone.
+  per stuff class `per_class` images of that stuff alone. `patterned` as `shapes.render_scene`.
 
   Returns:
     (images uint8 (N, S, S, 3), labels int32 (N,) indexing `shapes.class_names('val')`).
@@ -108,10 +111,10 @@ def zero_shot_set(per_class: int, image_size: int, seed: int = 0):
     for i in range(per_class):
       rng = np.random.default_rng([seed, SPLITS['test'], 1000 + k, i])
       if name in THING_NAMES:
-        ex = ShapesCaptions('test', 1, image_size, seed).example(
+        ex = ShapesCaptions('test', 1, image_size, seed, patterned).example(
             rng, 'thing', [name], [str(rng.choice(STUFF_NAMES))])
       else:
-        ex = ShapesCaptions('test', 1, image_size, seed).example(rng, 'stuff', [], [name])
+        ex = ShapesCaptions('test', 1, image_size, seed, patterned).example(rng, 'stuff', [], [name])
       images.append(ex['image'])
       labels.append(k)
   return np.stack(images), np.asarray(labels, np.int32)
