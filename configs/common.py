@@ -60,8 +60,9 @@ def get_model_config(clip_variant: str = 'convnext_base_w_320') -> ml_collection
   # transitions normalised: converges for every omega < 1).
   # Default by measurement (issue 13.1c), README "The miniature open world: Tables 3 and 4": on the
   # open world (Q = 16, 200 steps, 1 seed) every reading ends at or below chance (mIoU-unseen 1.0-2.9;
-  # a random labelling scores 3.4-4.8 there, metrics.chance_metrics), so mIoU does not separate them; there 'query' neither diverged (bound 0.52) nor
-  # collapsed (fused cosine 0.03 vs 0.13 for F_C^0). It collapses on synthetic unit vectors at Q = 100
+  # a random labelling scores 3.4-4.8 there, metrics.chance_metrics), so mIoU does not separate them;
+  # there 'query' neither diverged (bound 0.52) nor collapsed (fused cosine 0.03 vs 0.13 for F_C^0).
+  # It collapses on synthetic unit vectors at Q = 100
   # with mean cosine >= 0.18 (tests/test_gfa.py), where 'per_query' / 'random_walk' do not. Kept as the
   # default until a world that learns separates them; gfa/* in TensorBoard and the warning watch it.
   m.gfa.affinity = 'query'

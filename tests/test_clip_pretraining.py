@@ -95,8 +95,9 @@ def test_each_thing_wears_its_class_pattern_and_flips_map_patterns_to_themselves
     for i in range(len(ds)):
       ex = ds[i]
       for seg in ex['segments']:
-        if ds.class_names[seg['category']][0] in ('square', 'triangle', 'hexagon') and (ex['segment_ids'] == seg['id']).sum() > 60:
-          spreads.append(ex['image'][ex['segment_ids'] == seg['id']].astype(float).std(0).max())
+        inside = ex['segment_ids'] == seg['id']
+        if ds.class_names[seg['category']][0] in ('square', 'triangle', 'hexagon') and inside.sum() > 60:
+          spreads.append(ex['image'][inside].astype(float).std(0).max())
     assert spreads and (min(spreads) > min_spread if patterned else max(spreads) < 8), (patterned, spreads)
 
 
