@@ -7,8 +7,8 @@ pattern) on 5 stuff classes (textures), random colours. Its CLIP (the `test_tiny
 pretrained from scratch on captioned images of EVERY class by `ovsnet_jax/clip_pretraining.py`
 (`config.clip_pretrain`); `launch/train.py` builds it on first use and caches it (under $OVSNET_CACHE or
 ~/.cache/ovsnet_jax), then loads it through `config.clip_checkpoint` like a converted open_clip CLIP.
-The segmenter, with the paper's settings (GFA fusion, F_C^inf classified, FC-CLIP's ensemble, Proxy
-Calibration), trains on the 8 SEEN classes only; the evaluation runs on held-out images with the full
+The segmenter, with the paper's settings (GFA fusion, FC-CLIP's ensemble, Proxy Calibration; F_Q^inf
+classified, see below), trains on the 8 SEEN classes only; the evaluation runs on held-out images with the full
 vocabulary (13 classes, 5 of them never trained on: hexagon, ring, diamond, sand, water) and prints
 mIoU, mIoU-seen, mIoU-unseen and hIoU, and the chance level of each (a random labelling with the ground
 truth's class frequencies, `metrics.chance_metrics`: mIoU-unseen 4.76 on these 200 held-out images).
