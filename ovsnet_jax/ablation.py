@@ -134,6 +134,7 @@ def run_one(config, row: Row, seed: int, out: str) -> dict:
             'step': result['step'], 'wall_s': round(time.perf_counter() - tick, 1),
             'cpu_s': round(_cpu_s() - cpu, 1),  # all threads: an idle N-core machine needs >= cpu_s / N wall
             'eval': {k: float(v) for k, v in result['eval'].items() if isinstance(v, (int, float))},
+            'chance': {k: float(v) for k, v in result['eval'].get('chance', {}).items()},
             'train': result['train'], 'gfa_warning': result.get('gfa_warning')}
   atomic_io.write_json(record, path)
   shutil.rmtree(os.path.join(workdir, 'checkpoints'), ignore_errors=True)  # the record is what is kept
@@ -157,6 +158,7 @@ def summarize(rows: list[Row], records: dict) -> list[dict]:
       entry[k] = _stat([r['eval'].get(k) for r in recs])
     for k in GFA_METRICS:
       entry[k] = _stat([r['train'].get(k) for r in recs])
+    entry['chance'] = {k: _stat([r.get('chance', {}).get(k) for r in recs]) for k in METRICS}
     table.append(entry)
   return table
 
@@ -178,6 +180,11 @@ def markdown(table: list[dict]) -> str:
     lines.append(f"| {r.table} | {r.label} | {e['seeds']} | {_fmt(e['mIoU-seen'])} | {_fmt(e['mIoU-unseen'])} | "
                  f"{_fmt(e['hIoU'])} | {_fmt(e['gfa/spectral_bound'], 2)} | {cos} | "
                  f"{_fmt(e['gfa/own_nearest'], 2)} | {e['warnings']} |")
+  # Every row is evaluated on the same images: one chance line (metrics.chance_metrics), from the first row.
+  chance = next((e['chance'] for e in table if not math.isnan(e['chance']['hIoU'][0])), None)
+  if chance:
+    lines.append(f"| chance | random labelling, ground-truth class frequencies | - | {_fmt(chance['mIoU-seen'])} | "
+                 f"{_fmt(chance['mIoU-unseen'])} | {_fmt(chance['hIoU'])} | n/a | n/a | n/a | - |")
   return '\n'.join(lines) + '\n'
 
 

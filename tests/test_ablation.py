@@ -5,6 +5,7 @@ The two rows (Table 3's "+GFA +PC" and Table 4b's "gamma = 2") are one config, s
 run (the config of `tests/test_train.py`'s launcher runs: its step compiles once in the shared cache).
 """
 import glob
+import json
 import os
 import re
 import subprocess
@@ -34,13 +35,13 @@ def test_shortened_ablate_writes_a_well_formed_table_and_resumes(tmp_path):
   assert proc.returncode == 0, proc.stderr[-5000:]
   with open(os.path.join(out, 'ablation.md')) as f:
     lines = f.read().strip().split('\n')
-  assert len(lines) == 4, lines  # header, separator, two rows
+  assert len(lines) == 5, lines  # header, separator, two rows, the chance line
   cells = [[c.strip() for c in line.strip('|').split('|')] for line in lines]
   assert all(len(c) == len(cells[0]) == 10 for c in cells), cells
   assert cells[0][:6] == ['table', 'row', 'seeds', 'mIoU-seen', 'mIoU-unseen', 'hIoU']
-  assert [c[1] for c in cells[2:]] == [ablation.ROWS['t3_both'].label, ablation.ROWS['t4b_gamma2'].label]
+  assert [c[1] for c in cells[2:4]] == [ablation.ROWS['t3_both'].label, ablation.ROWS['t4b_gamma2'].label]
   assert cells[2][2:] == cells[3][2:]  # one shared run
-  for row in cells[2:]:
+  for row in cells[2:4]:
     assert row[2] == '1'
     for cell in row[3:6]:
       m = CELL.match(cell)
@@ -51,6 +52,10 @@ def test_shortened_ablate_writes_a_well_formed_table_and_resumes(tmp_path):
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
   runs = sorted(glob.glob(os.path.join(out, 'runs', '*', 'seed*.json')))  # one record per (config, seed)
   assert len(runs) == 1
+  with open(runs[0]) as f:
+    chance = json.load(f)['chance']  # metrics.chance_metrics of the run's evaluation
+  assert cells[4][:3] == ['chance', 'random labelling, ground-truth class frequencies', '-'], cells[4]
+  assert cells[4][3:6] == [f'{chance[k]:.1f} ± 0.0' for k in ('mIoU-seen', 'mIoU-unseen', 'hIoU')], (cells[4], chance)
   mtimes = [os.path.getmtime(p) for p in runs]
 
   # The same rows again, in-process: every run is kept (not retrained) and the table is unchanged.
