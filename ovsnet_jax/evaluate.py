@@ -123,8 +123,8 @@ def run_evaluation(step: tuple[Callable, Callable], params: Any, text: Any, batc
       compiled = scores_fn.lower(params, images, text).compile()
       b, h, w = images.shape[:3]
       aot.check_program_fits(compiled, f'evaluation at batch {b} on a {h}x{w} canvas',
-                         'lower config.eval.batch_size (the memory grows with it; FC-CLIP evaluates one image '
-                         'per device) or the test size (config.data.eval_min_size / eval_max_size).')
+                             'lower config.eval.batch_size (the memory grows with it; FC-CLIP evaluates one '
+                             'image per device) or the test size (config.data.eval_min_size / eval_max_size).')
       programs[key] = compiled
     return programs[key]
 

@@ -47,8 +47,13 @@ def fill_mix(pattern: str, rng: np.random.Generator, size: int) -> np.ndarray:
   return mixes[pattern].astype(np.float64)
 
 
-def render_with_fills(rng, size, stuff, things, split_row=None, radius=(1 / 7, 1 / 3.5)):
-  """`shapes.render_scene` with a class-specific two-colour pattern inside every thing."""
+def render_with_fills(rng, size, stuff, things, split_row=None, radius=(1 / 7, 1 / 3.5), patterned=True):
+  """`shapes.render_scene` with this probe's class-specific two-colour pattern inside every thing.
+
+  Kept to reproduce the recorded figures; `patterned` is ignored. The package's own patterned world
+  (`shapes.THING_PATTERNS`) replaced these fills, whose 'diagonal' and 'antidiagonal' are mirror images.
+  """
+  del patterned
   image, ids, segments = np.zeros((size, size, 3)), np.zeros((size, size), np.int32), []
   rows = [(0, size)]
   if len(stuff) == 2:
