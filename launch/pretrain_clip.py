@@ -50,6 +50,8 @@ def main(argv):
   print(f"CLIP {out}\nzero-shot accuracy (held-out images): seen {zs['acc_seen']:.1f}%, unseen "
         f"{zs['acc_unseen']:.1f}%; per class {json.dumps({k: round(v) for k, v in zs['per_class'].items()})}",
         flush=True)
+  if 'dense' in report:  # reports written before the dense figures existed lack them
+    print(clip_pretraining.dense_summary(report['dense']), flush=True)
 
 
 if __name__ == '__main__':

@@ -10,7 +10,9 @@ The result is written by `convert.open_clip.write_checkpoint_dir` in exactly the
 of `launch/convert_open_clip.py` (`params/`, `clip_config.json`, the BPE vocabulary), under
 `<cache>/clip/<variant>-<hash of the settings>`, where <cache> is `$OVSNET_CACHE` or
 `~/.cache/ovsnet_jax`; everything after loads it through `--config.clip_checkpoint` like any CLIP.
-A zero-shot report (held-out images, seen and unseen classes apart) goes beside it as `<dir>.json`.
+A zero-shot report goes beside it as `<dir>.json`: image-level on held-out single-concept images
+(`zero_shot`) and segment-level with ground-truth masks on held-out scenes (`dense_zero_shot`),
+seen and unseen classes apart.
 """
 import dataclasses
 import hashlib
@@ -228,6 +230,71 @@ def zero_shot(variant: str, params: dict, image_size: int, per_class: int = 20,
           'per_class': per_class}
 
 
+def segment_classifier(variant: str, params: dict, class_names) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+  """FC-CLIP's out-of-vocabulary classification of given masks by a frozen CLIP.
+
+  Returns a function (image float (S, S, 3) in [0, 255], masks (M, S, S) in {0, 1}) -> (M,) class
+  indices into `class_names`: the masks resized to the res5 grid and binarised (logit > 0 of
+  2 m - 1, `mask_pooling.mask_pool`), res5 averaged inside each, the CLIP head, then the class with
+  the best synonym cosine (`classifier.synonym_max_logits`). An empty binarised mask pools to zero.
+  """
+  from ovsnet_jax.models import clip_convnext  # pylint: disable=g-import-not-at-top
+  from ovsnet_jax.models import mask_pooling  # pylint: disable=g-import-not-at-top
+  from ovsnet_jax.text import classifier  # pylint: disable=g-import-not-at-top
+  text = classifier.TextClassifier.from_params(variant, params['text'])(class_names)
+  text = {'embeds': jnp.asarray(text['embeds']), 'valid': jnp.asarray(text['valid'])}
+  visual = clip_convnext.CLIPVisual(variant)
+  vparams = {'params': params['visual']}
+
+  @jax.jit
+  def classify(image, masks):
+    res5 = visual.apply(vparams, normalize(image[None]))['res5']  # (1, h, w, C5)
+    pooled = mask_pooling.mask_pool(res5, 2.0 * masks[None] - 1.0)  # (1, M, C5)
+    embeds = visual.apply(vparams, pooled, method=clip_convnext.CLIPVisual.head)  # (1, M, D)
+    return jnp.argmax(classifier.synonym_max_logits(embeds, text, jnp.zeros(())), -1)[0]  # (M,)
+
+  return lambda image, masks: np.asarray(classify(jnp.asarray(image, jnp.float32), jnp.asarray(masks, jnp.float32)))
+
+
+def dense_zero_shot(variant: str, params: dict, image_size: int, num_images: int = 100,
+                    seed: int = 0, patterned: bool = True, max_shapes: int = 4) -> dict:
+  """Segment-level zero-shot with ground-truth masks: the ceiling of the out-of-vocabulary branch.
+
+  On `num_images` held-out scenes of the segmentation world ('val' split, every class), each
+  ground-truth segment is classified as FC-CLIP's out-of-vocabulary branch classifies a predicted
+  mask: the mask resized to the res5 grid and binarised (`mask_pooling.mask_pool`), the frozen
+  CLIP's res5 features averaged inside it, the CLIP head applied, then the best of the TextClassifier's
+  classes over the full 13-class vocabulary (`classifier.synonym_max_logits`). The segment is
+  painted with that class and the semantic map scored as the evaluation scores a segmenter. A
+  segmenter whose unseen classes come from this branch cannot beat these figures with perfect masks.
+
+  Returns:
+    {'mIoU', 'mIoU-seen', 'mIoU-unseen', 'hIoU', 'pACC'} (%), 'IoU' per class, 'chance' (the same
+    images' `metrics.chance_metrics`) and 'num_images'.
+  """
+  from ovsnet_jax import metrics  # pylint: disable=g-import-not-at-top
+  names = shapes.class_names('val')
+  segment_classes = segment_classifier(variant, params, names)
+  ds = shapes.ShapesPanoptic('val', num_images, image_size, seed, max_shapes, patterned)
+  conf = np.zeros((len(names), len(names)), np.int64)  # (K, K) rows ground truth
+  for i in range(num_images):
+    ex = ds[i]
+    ids = ex['segment_ids']
+    masks = np.zeros((ds.max_shapes + 2, *ids.shape), np.float32)  # padded: one shape per scene size
+    for m, seg in enumerate(ex['segments']):
+      masks[m] = ids == seg['id']
+    pred = segment_classes(ex['image'], masks)
+    for m, seg in enumerate(ex['segments']):
+      conf[seg['category'], pred[m]] += int(masks[m].sum())
+  seen = shapes.seen_mask('val')
+  res = metrics.segmentation_metrics(conf, [n[0] for n in names], seen)
+  out = {k: round(res[k], 2) for k in ('mIoU', 'mIoU-seen', 'mIoU-unseen', 'hIoU', 'pACC')}
+  out['IoU'] = {k: round(v, 1) for k, v in res['IoU'].items()}
+  out['chance'] = {k: round(v, 2) for k, v in metrics.chance_metrics(conf, seen).items()}
+  out['num_images'] = num_images
+  return out
+
+
 def params_sha256(params: dict) -> str:
   """sha256 over every param's path, shape and bytes (the checkpoint's identity)."""
   h = hashlib.sha256()
@@ -248,7 +315,9 @@ def pretrain(s: Settings, out: str, log: Callable[[str], None] = print, eval_per
   train_s = time.perf_counter() - t0
   report = {'settings': dataclasses.asdict(s), 'digest': s.digest(), 'train_seconds': round(train_s, 1),
             'zero_shot': zero_shot(s.variant, params, s.image_size, eval_per_class, s.world_seed + 1,
-                                 s.patterned)}
+                                 s.patterned),
+            'dense': dense_zero_shot(s.variant, params, s.image_size, 4 * eval_per_class, s.world_seed + 1,
+                                     s.patterned)}
   config = {'variant': s.variant, 'source': f'ovsnet_jax.clip_pretraining:{s.digest()}',
             'sha256': params_sha256(params)}
   try:
@@ -261,7 +330,17 @@ def pretrain(s: Settings, out: str, log: Callable[[str], None] = print, eval_per
   log(f"clip pretraining: {train_s:.0f} s; zero-shot accuracy on held-out images: seen classes "
       f"{zs['acc_seen']:.1f}%, unseen classes {zs['acc_unseen']:.1f}% (chance: things "
       f"{zs['chance_things']:.1f}%, stuff {zs['chance_stuff']:.1f}%); wrote {out}")
+  log(dense_summary(report['dense']))
   return report
+
+
+def dense_summary(dense: dict) -> str:
+  """One line of `dense_zero_shot`'s figures against their chance level."""
+  ch = dense['chance']
+  return (f"clip pretraining: ground-truth segments classified by mask pooling (the out-of-vocabulary "
+          f"branch's ceiling), {dense['num_images']} held-out scenes: mIoU-seen {dense['mIoU-seen']:.1f}, "
+          f"mIoU-unseen {dense['mIoU-unseen']:.1f}, hIoU {dense['hIoU']:.1f} (chance {ch['mIoU-seen']:.1f} / "
+          f"{ch['mIoU-unseen']:.1f} / {ch['hIoU']:.1f})")
 
 
 def ensure_pretrained(s: Settings = Settings(), root: Optional[str] = None,

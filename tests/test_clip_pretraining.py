@@ -11,14 +11,18 @@ import os
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from ovsnet_jax import clip_pretraining
+from ovsnet_jax import metrics
 from ovsnet_jax.convert import open_clip as convert
 from ovsnet_jax.input import shapes
 from ovsnet_jax.input import shapes_corpus
+from ovsnet_jax.models import clip
+from ovsnet_jax.models import clip_convnext
 from ovsnet_jax.text import classifier
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -125,6 +129,52 @@ def test_short_pretraining_is_clearly_above_chance_zero_shot(short_clip):
   seen = np.array(shapes.seen_mask('val'))
   assert acc[seen].mean() > 2 * chance[seen].mean(), zs
   assert acc.mean() > 1.5 * chance.mean(), zs
+
+
+def test_segment_classifier_pools_res5_inside_the_mask_like_the_image_embedding():
+  """The dense zero-shot's classification of a mask, against the CLIP's own path computed by hand:
+  the whole image's mask is its image embedding (global res5 average), the left half's is the head
+  of the left res5 column's mean, a mask smaller than half a res5 cell binarises empty (zero)."""
+  params = jax.tree.map(np.asarray, clip.init_params('test_tiny', jax.random.PRNGKey(3), 64))
+  names = shapes.class_names('val')
+  image = np.random.default_rng(0).uniform(0, 255, (64, 64, 3)).astype(np.float32)
+  masks = np.zeros((3, 64, 64), np.float32)
+  masks[0] = 1
+  masks[1, :, :32] = 1
+  masks[2, 10:18, 40:48] = 1  # an eighth of a 32-px cell's side on each axis
+  got = clip_pretraining.segment_classifier('test_tiny', params, names)(image, masks)
+  visual = clip_convnext.CLIPVisual('test_tiny')
+  v = {'params': params['visual']}
+  res5 = np.asarray(visual.apply(v, clip_pretraining.normalize(jnp.asarray(image[None])))['res5'])[0]  # (2, 2, C5)
+  assert res5.shape[:2] == (2, 2)
+  pooled = np.stack([res5.mean((0, 1)), res5[:, 0].mean(0), np.zeros(res5.shape[-1], np.float32)])  # (3, C5)
+  embeds = np.asarray(visual.apply(v, jnp.asarray(pooled), method=clip_convnext.CLIPVisual.head))  # (3, D)
+  image_embed = np.asarray(visual.apply(v, clip_pretraining.normalize(jnp.asarray(image[None])),
+                                        method=clip_convnext.CLIPVisual.embed_image))[0]
+  np.testing.assert_allclose(embeds[0], image_embed, rtol=1e-4, atol=1e-5)
+  text = classifier.TextClassifier.from_params('test_tiny', params['text'])(names)
+  e = embeds / np.maximum(np.linalg.norm(embeds, axis=-1, keepdims=True), 1e-12)  # the empty mask: 0
+  sims = np.where(text['valid'][None], np.einsum('md,ksd->mks', e, text['embeds']), -np.inf).max(-1)  # (3, K)
+  np.testing.assert_array_equal(got, sims.argmax(-1))
+
+
+def test_dense_report_scores_every_ground_truth_pixel(short_clip):
+  """The report's segment-level figures cover every ground-truth pixel of its held-out scenes: its
+  chance level equals the one computed from those scenes' own labels."""
+  dense = short_clip['report']['dense']
+  assert dense['num_images'] == 80
+  ds = shapes.ShapesSemantic(shapes.ShapesPanoptic('val', 80, SHORT.image_size, SHORT.world_seed + 1,
+                                                   patterned=SHORT.patterned))
+  counts = np.zeros(len(shapes.class_names('val')), np.int64)
+  for i in range(len(ds)):
+    sem = ds[i]['sem_seg']
+    counts += np.bincount(sem[sem >= 0], minlength=len(counts))
+  chance = metrics.chance_metrics(np.diag(counts), shapes.seen_mask('val'))
+  for k, v in chance.items():
+    assert dense['chance'][k] == pytest.approx(v, abs=0.01), (k, dense['chance'], chance)
+  for k in ('mIoU', 'mIoU-seen', 'mIoU-unseen', 'hIoU'):
+    assert 0 <= dense[k] <= 100
+  assert any('ground-truth segments classified by mask pooling' in line for line in short_clip['logs'])
 
 
 def test_pretrained_dir_is_a_converted_clip_and_is_cached(short_clip):
