@@ -195,6 +195,27 @@ def test_shapes_dataset_is_deterministic_with_seen_and_unseen_splits(tmp_path):
     shapes.ShapesPanoptic('test')
 
 
+def test_shapes_thing_radius_sets_the_size_of_the_things():
+  """`radius` (fractions of the side) reaches the renderer: a disc of radius r covers ~pi r^2 pixels."""
+  def thing_areas(radius):
+    ds = shapes.ShapesPanoptic('val', 40, 64, max_shapes=1, radius=radius)
+    areas = {}
+    for i in range(len(ds)):
+      ex = ds[i]
+      thing = [s for s in ex['segments'] if s['category'] < len(shapes.THINGS)]
+      if thing and ds.class_names[thing[0]['category']][0] == 'circle':
+        areas[i] = int((ex['segment_ids'] == thing[0]['id']).sum())
+    return areas
+  small, large = thing_areas((0.1, 0.1)), thing_areas((0.3, 0.3))
+  assert small and small.keys() == large.keys()  # the same scenes (same draws), only the size changes
+  for i in small:
+    assert abs(small[i] - np.pi * 6.4 ** 2) < 0.2 * np.pi * 6.4 ** 2, small[i]
+    assert abs(large[i] - np.pi * 19.2 ** 2) < 0.1 * np.pi * 19.2 ** 2, large[i]
+  default = shapes.ShapesPanoptic('val', 3, 64)
+  explicit = shapes.ShapesPanoptic('val', 3, 64, radius=(1 / 7, 1 / 3.5))
+  np.testing.assert_array_equal(default[2]['image'], explicit[2]['image'])
+
+
 def test_train_dataset_from_the_smoke_config():
   from configs import smoke  # pylint: disable=g-import-not-at-top
   config = smoke.get_config('tiny')

@@ -249,9 +249,11 @@ class ShapesPanoptic:
   """Panoptic reader: `ds[i] -> {'image', 'segment_ids', 'segments', 'file_name'}`."""
 
   def __init__(self, split: str = 'train', num_images: int = 1000, image_size: int = 64,
-               seed: int = 0, max_shapes: int = 4, patterned: bool = True):
+               seed: int = 0, max_shapes: int = 4, patterned: bool = True,
+               radius: tuple[float, float] = (1 / 7, 1 / 3.5)):
     self.split = split
     self.patterned = patterned
+    self.radius = tuple(radius)  # thing radius range, fractions of image_size (`render_scene`)
     self.classes = _classes(split)
     self.class_names = class_names(split)
     self.num_images, self.image_size = num_images, image_size
@@ -270,7 +272,8 @@ class ShapesPanoptic:
     stuff = [self.classes[int(i)][0] for i in rng.choice(self._stuff, 1 + int(rng.uniform() < 0.5))]
     things = [self.classes[int(i)][0]
               for i in rng.choice(self._things, int(rng.integers(1, self.max_shapes + 1)))]
-    image, ids, segs = render_scene(rng, self.image_size, stuff, things, patterned=self.patterned)
+    image, ids, segs = render_scene(rng, self.image_size, stuff, things, radius=self.radius,
+                                    patterned=self.patterned)
     segments = [{'id': i, 'category': self._index[name], 'iscrowd': 0} for i, name in segs]
     return {'image': image, 'segment_ids': ids, 'segments': segments,
             'file_name': f'shapes/{self.split}/{index:06d}.png'}

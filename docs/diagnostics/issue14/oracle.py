@@ -2,7 +2,11 @@
 feature (its head applied, as FC-CLIP's OOV branch does), classified among ALL 13 val classes; each GT
 segment painted with that class; mIoU / seen / unseen against the ground truth and against chance.
 
-  PYTHONPATH=$PWD JAX_PLATFORMS=cpu python docs/diagnostics/issue14/oracle.py CLIP_DIR [N_IMAGES] [IMAGE_SIZE]
+  PYTHONPATH=$PWD JAX_PLATFORMS=cpu [SHIFT=1] python docs/diagnostics/issue14/oracle.py CLIP_DIR \
+      [N_IMAGES=100] [IMAGE_SIZE=64] [MAX_THINGS=4] [RADIUS=0.143,0.286 (fractions of the side)]
+
+SHIFT=1: res5 at stride 16 (four passes of the image rolled by 0 / 16 px, interleaved).
+`clip_pretraining.dense_zero_shot` is this measurement in the package (default world only).
 """
 import sys
 import numpy as np, jax, jax.numpy as jnp
@@ -38,9 +42,7 @@ def feats_fn(x):
       out[:, dy // 16::2, dx // 16::2] = f
   return out
 head_fn = jax.jit(lambda p: vis.apply(vp, p, method=clip_convnext.CLIPVisual.head))
-_render = shapes.render_scene
-shapes.render_scene = lambda *a, **k: _render(*a, **{**k, 'radius': radius})
-ds = shapes.ShapesPanoptic('val', n, size, 0, max_shapes)
+ds = shapes.ShapesPanoptic('val', n, size, 0, max_shapes, radius=radius)
 conf = np.zeros((K, K), np.int64); conf_gt_only = np.zeros((K, K), np.int64)
 hits = np.zeros(K); tot = np.zeros(K); rhits = np.zeros(K)
 is_thing = np.arange(K) < len(shapes.THINGS)
