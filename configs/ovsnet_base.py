@@ -18,16 +18,16 @@ Ablations are parsed from the config argument (`:key=value,...`):
   Table 4b  gamma      configs/ovsnet_base.py:fusion=none,gamma=0.5   (also gamma=1, gamma=2;
                        the paper reports gamma=1 equal to no PC: compare with pc=false)
 
-Other keys: affinity=query|channel, norm=softmax|l1|none, omega, lam, mode=closed_form|iterative,
-classify=fused_clip|fused_query|average, queries, ensemble=true|false. Any field can still be
-overridden with --config.model.gfa.omega=0.3 etc. Evaluate with launch/eval.py, segment one image
+Other keys: affinity=per_query|query|channel|random_walk, norm=softmax|l1|none, omega, lam,
+mode=closed_form|iterative, classify=fused_clip|fused_query|average, queries, ensemble=true|false. Any
+field can still be overridden with --config.model.gfa.omega=0.3 etc. Evaluate with launch/eval.py, segment one image
 with launch/demo.py (same --config).
 """
 import ml_collections
 
 from configs import common
 
-ARG_DEFAULTS = dict(fusion='gfa', pc=True, gamma=2.0, affinity='query', norm='softmax', omega=0.5, lam=0.2,
+ARG_DEFAULTS = dict(fusion='gfa', pc=True, gamma=2.0, affinity='per_query', norm='softmax', omega=0.5, lam=0.2,
                     mode='closed_form', classify='fused_clip', queries=0, ensemble=True)
 
 

@@ -35,10 +35,12 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   m.decoder.ffn_dim, m.decoder.num_layers = 64, 3
   # The paper's settings (configs/common.py): fusion 'gfa', FC-CLIP's in/out-of-vocabulary
   # ensemble, Proxy Calibration on; except the classified embedding: F_Q^inf ('fused_query').
-  # Measured on the patterned world with its default CLIP (2026-11-30, busy 2-core machine, 600 steps):
-  # F_Q^inf ('fused_query'): mIoU 4.79, seen 6.80, unseen 1.58, hIoU 2.56 (loss 33.6 at step 600);
-  # F_C^inf ('fused_clip', the paper's): mIoU 3.31, seen 4.20, unseen 1.90, hIoU 2.61 (loss 42.9);
-  # a random labelling: 4.12, 3.72, 4.76, 4.18. Neither learns the unseen classes yet (issue 14).
+  # Measured on the patterned world with its default CLIP (2026-11-30, busy 2-core machine, 600 steps),
+  # GFA reading 'query' (the default then): F_Q^inf ('fused_query'): mIoU 4.79, seen 6.80, unseen 1.58,
+  # hIoU 2.56 (loss 33.6 at step 600); F_C^inf ('fused_clip', the paper's): mIoU 3.31, seen 4.20, unseen
+  # 1.90, hIoU 2.61 (loss 42.9). With 'per_query' (the default now) and F_Q^inf: 4.69, 6.65, 1.55, 2.51.
+  # A random labelling: 4.12, 3.72, 4.76, 4.18. None learns the unseen classes: the CLIP's segment-level
+  # zero-shot is at chance (issue 14, clip_pretraining.dense_zero_shot).
   m.gfa.classify = 'fused_query'
 
   c.data.train = 'shapes'

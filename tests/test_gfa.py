@@ -10,8 +10,10 @@ from ovsnet_jax.models import gfa
 
 
 def make_cfg(**overrides):
+  """The model config's GFA settings with the Q x Q 'query' reading, which the hand-computed cases
+  below are about (the default reading, 'per_query', is tested by name where it differs)."""
   cfg = common.get_model_config().gfa
-  cfg.update(overrides)
+  cfg.update({'affinity': 'query', **overrides})
   return cfg
 
 
@@ -264,7 +266,7 @@ def summarize(aux):
                               if k not in ('fused_clip', 'fused_query')})
 
 
-def test_query_reading_collapses_and_warns_where_per_query_and_random_walk_do_not():
+def test_query_reading_collapses_and_warns_where_per_query_random_walk_and_the_default_do_not():
   # Issue 13's row Q = 100, mean cosine 0.2: the query reading's bound passes 1 and every F_C^inf
   # lands on one direction; the other two readings keep each query nearest its own F_C^0.
   rng = np.random.default_rng(8)
@@ -276,12 +278,14 @@ def test_query_reading_collapses_and_warns_where_per_query_and_random_walk_do_no
   assert float(metrics['gfa/input_cosine']) == pytest.approx(0.2, abs=0.03)
   warning = gfa.health_warning(metrics)
   assert 'spectral bound' in warning and 'collapsed' in warning
-  for affinity in ('per_query', 'random_walk'):
-    _, aux = run_gfa(fq, fc, make_cfg(affinity=affinity))
+  default = common.get_model_config().gfa  # the configs' reading, unmodified
+  for name, cfg in (('per_query', make_cfg(affinity='per_query')), ('random_walk', make_cfg(affinity='random_walk')),
+                    ('default', default)):
+    _, aux = run_gfa(fq, fc, cfg)
     metrics = summarize(aux)
-    assert float(metrics['gfa/own_nearest']) == 1.0, affinity
-    assert float(metrics['gfa/spectral_bound']) < 0.3, affinity
-    assert gfa.health_warning(metrics) is None, affinity
+    assert float(metrics['gfa/own_nearest']) == 1.0, name
+    assert float(metrics['gfa/spectral_bound']) < 0.3, name
+    assert gfa.health_warning(metrics) is None, name
 
 
 def test_random_walk_needs_a_normalised_transition():

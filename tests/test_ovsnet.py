@@ -49,13 +49,15 @@ def test_output_shapes_and_dtypes(tiny):
   logits, out = jax.jit(lambda p, x, t: model.apply({'params': p}, x, t, train=False))(params, images, random_text())
   L1, Q, D = 4, 16, 32  # 3 decoder layers -> 4 predictions
   f32 = jnp.float32
+  assert config.model.gfa.affinity == 'per_query'  # the default reading: one system per query
+  systems = (L1, B, Q)  # a Q x Q reading ('query', 'random_walk') has one system per image: (L1, B)
   expected = {
       'pred_logits': ((L1, B, Q, K + 1), f32), 'pred_masks': ((L1, B, Q, H // 4, W // 4), f32),
       'query_embeds': ((L1, B, Q, D), f32), 'clip_embeds': ((L1, B, Q, D), f32),
       'fused_embeds': ((L1, B, Q, D), f32), 'fused_query': ((L1, B, Q, D), f32), 'fused_clip': ((L1, B, Q, D), f32),
       'out_vocab_logits': ((B, Q, K), f32), 'logit_scale': ((), f32),
-      'gfa': {'condition': ((L1, B), f32), 'singular': ((L1, B), jnp.bool_), 'rel_residual': ((L1, B), f32),
-              'spectral_bound': ((L1, B), f32), 'num_singular': ((), jnp.int32),
+      'gfa': {'condition': (systems, f32), 'singular': (systems, jnp.bool_), 'rel_residual': (systems, f32),
+              'spectral_bound': (systems, f32), 'num_singular': ((), jnp.int32),
               'fused_cosine': ((L1, B), f32), 'input_cosine': ((L1, B), f32), 'own_nearest': ((L1, B), f32)}}
   assert jax.tree.map(lambda x: (x.shape, x.dtype), out) == expected
   np.testing.assert_array_equal(np.asarray(logits), np.asarray(out['pred_logits'][-1]))
