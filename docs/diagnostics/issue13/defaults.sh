@@ -3,7 +3,6 @@
 # launch/ablate.py runs t3_both (300 steps, eval 100 images, seed 0).
 cd "$(dirname "$0")/../../.."
 
-
 COMMON="--config=configs/smoke.py --config.train.num_steps=300 --config.train.eval_every=300 --config.train.checkpoint_every=300 --config.eval.max_images=100"
 for v in "control" \
          "keep_cropped --config.data.keep_cropped_segments=False" \
