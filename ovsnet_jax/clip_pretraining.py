@@ -196,8 +196,16 @@ def train(s: Settings, log: Callable[[str], None] = print, log_every: int = 50) 
   return jax.tree.map(lambda x: np.asarray(x, np.float32), params)
 
 
+def class_text(variant: str, params: dict) -> dict:
+  """The TextClassifier of the world's 13 val classes under this CLIP, as jnp arrays:
+  {'embeds' (K, S, D), 'valid' (K, S)} (14 VILD templates, synonyms)."""
+  from ovsnet_jax.text import classifier  # pylint: disable=g-import-not-at-top
+  text = classifier.TextClassifier.from_params(variant, params['text'])(shapes.class_names('val'))
+  return {'embeds': jnp.asarray(text['embeds']), 'valid': jnp.asarray(text['valid'])}
+
+
 def zero_shot(variant: str, params: dict, image_size: int, per_class: int = 20,
-              seed: int = 0, patterned: bool = True) -> dict:
+              seed: int = 0, patterned: bool = True, text: Optional[dict] = None) -> dict:
   """Zero-shot image classification on held-out single-concept images of every class.
 
   Class embeddings are the TextClassifier's (the 14 VILD templates, synonyms max-merged), as the
@@ -208,11 +216,9 @@ def zero_shot(variant: str, params: dict, image_size: int, per_class: int = 20,
     {'acc_seen', 'acc_unseen' (mean per-class accuracy, %), 'chance_things', 'chance_stuff' (%),
      'per_class': {name: accuracy %}}.
   """
-  from ovsnet_jax.text import classifier  # pylint: disable=g-import-not-at-top
   names = shapes.class_names('val')
-  text = classifier.TextClassifier.from_params(variant, params['text'])(names)
-  embeds = jnp.asarray(text['embeds'])  # (K, S, D)
-  valid = jnp.asarray(text['valid'])  # (K, S)
+  text = class_text(variant, params) if text is None else text
+  embeds, valid = text['embeds'], text['valid']  # (K, S, D), (K, S)
   images, labels = shapes_corpus.zero_shot_set(per_class, image_size, seed, patterned)
   model = clip.CLIP(variant)
   encode = jax.jit(lambda p, x: model.apply({'params': p}, normalize(x), method=clip.CLIP.encode_image))
@@ -230,18 +236,17 @@ def zero_shot(variant: str, params: dict, image_size: int, per_class: int = 20,
           'per_class': per_class}
 
 
-def segment_classifier(variant: str, params: dict, class_names) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+def segment_classifier(variant: str, params: dict, text: dict) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
   """FC-CLIP's out-of-vocabulary classification of given masks by a frozen CLIP.
 
-  Returns a function (image float (S, S, 3) in [0, 255], masks (M, S, S) in {0, 1}) -> (M,) class
-  indices into `class_names`: the masks resized to the res5 grid and binarised (logit > 0 of
+  `text`: the TextClassifier dict ({'embeds' (K, S, D), 'valid' (K, S)}) of the classes. Returns a function (image float (S, S, 3) in [0, 255], masks (M, S, S) in {0, 1}) -> (M,) class
+  indices into `text`'s classes: the masks resized to the res5 grid and binarised (logit > 0 of
   2 m - 1, `mask_pooling.mask_pool`), res5 averaged inside each, the CLIP head, then the class with
   the best synonym cosine (`classifier.synonym_max_logits`). An empty binarised mask pools to zero.
   """
   from ovsnet_jax.models import clip_convnext  # pylint: disable=g-import-not-at-top
   from ovsnet_jax.models import mask_pooling  # pylint: disable=g-import-not-at-top
   from ovsnet_jax.text import classifier  # pylint: disable=g-import-not-at-top
-  text = classifier.TextClassifier.from_params(variant, params['text'])(class_names)
   text = {'embeds': jnp.asarray(text['embeds']), 'valid': jnp.asarray(text['valid'])}
   visual = clip_convnext.CLIPVisual(variant)
   vparams = {'params': params['visual']}
@@ -257,7 +262,8 @@ def segment_classifier(variant: str, params: dict, class_names) -> Callable[[np.
 
 
 def dense_zero_shot(variant: str, params: dict, image_size: int, num_images: int = 100,
-                    seed: int = 0, patterned: bool = True, max_shapes: int = 4) -> dict:
+                    seed: int = 0, patterned: bool = True, max_shapes: int = 4,
+                    text: Optional[dict] = None) -> dict:
   """Segment-level zero-shot with ground-truth masks: the ceiling of the out-of-vocabulary branch.
 
   On `num_images` held-out scenes of the segmentation world ('val' split, every class), each
@@ -274,7 +280,7 @@ def dense_zero_shot(variant: str, params: dict, image_size: int, num_images: int
   """
   from ovsnet_jax import metrics  # pylint: disable=g-import-not-at-top
   names = shapes.class_names('val')
-  segment_classes = segment_classifier(variant, params, names)
+  segment_classes = segment_classifier(variant, params, class_text(variant, params) if text is None else text)
   ds = shapes.ShapesPanoptic('val', num_images, image_size, seed, max_shapes, patterned)
   conf = np.zeros((len(names), len(names)), np.int64)  # (K, K) rows ground truth
   for i in range(num_images):
@@ -313,11 +319,12 @@ def pretrain(s: Settings, out: str, log: Callable[[str], None] = print, eval_per
   t0 = time.perf_counter()
   params = train(s, log)
   train_s = time.perf_counter() - t0
+  text = class_text(s.variant, params)  # encoded once for both reports
   report = {'settings': dataclasses.asdict(s), 'digest': s.digest(), 'train_seconds': round(train_s, 1),
             'zero_shot': zero_shot(s.variant, params, s.image_size, eval_per_class, s.world_seed + 1,
-                                 s.patterned),
+                                 s.patterned, text),
             'dense': dense_zero_shot(s.variant, params, s.image_size, 4 * eval_per_class, s.world_seed + 1,
-                                     s.patterned)}
+                                     s.patterned, text=text)}
   config = {'variant': s.variant, 'source': f'ovsnet_jax.clip_pretraining:{s.digest()}',
             'sha256': params_sha256(params)}
   try:

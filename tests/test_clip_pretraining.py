@@ -142,7 +142,8 @@ def test_segment_classifier_pools_res5_inside_the_mask_like_the_image_embedding(
   masks[0] = 1
   masks[1, :, :32] = 1
   masks[2, 10:18, 40:48] = 1  # an eighth of a 32-px cell's side on each axis
-  got = clip_pretraining.segment_classifier('test_tiny', params, names)(image, masks)
+  got = clip_pretraining.segment_classifier('test_tiny', params, clip_pretraining.class_text('test_tiny', params))(
+      image, masks)
   visual = clip_convnext.CLIPVisual('test_tiny')
   v = {'params': params['visual']}
   res5 = np.asarray(visual.apply(v, clip_pretraining.normalize(jnp.asarray(image[None])))['res5'])[0]  # (2, 2, C5)

@@ -41,6 +41,7 @@ STUFF = (
 )
 SPLITS = ('train', 'val')
 _SPLIT_ID = {'train': 0, 'val': 1}
+THING_RADIUS = (1 / 7, 1 / 3.5)  # a scene's thing radius range, fractions of the image side
 MIN_CONTRAST = 90.0  # minimum RGB distance between a thing's colour and its background's mean
 # Each thing class's surface pattern (`patterned=True`, the default): two random colours in a pattern
 # typical of the class, as real categories have typical surfaces (a zebra's stripes), so a thing is its
@@ -197,7 +198,7 @@ def pattern_mix(pattern: str, rng: np.random.Generator, size: int) -> np.ndarray
 
 def render_scene(rng: np.random.Generator, size: int, stuff: Sequence[str],
                  things: Sequence[str], split_row: Optional[int] = None,
-                 radius: tuple[float, float] = (1 / 7, 1 / 3.5), patterned: bool = True):
+                 radius: tuple[float, float] = THING_RADIUS, patterned: bool = True):
   """Draws one image of the world.
 
   Args:
@@ -250,7 +251,7 @@ class ShapesPanoptic:
 
   def __init__(self, split: str = 'train', num_images: int = 1000, image_size: int = 64,
                seed: int = 0, max_shapes: int = 4, patterned: bool = True,
-               radius: tuple[float, float] = (1 / 7, 1 / 3.5)):
+               radius: tuple[float, float] = THING_RADIUS):
     self.split = split
     self.patterned = patterned
     self.radius = tuple(radius)  # thing radius range, fractions of image_size (`render_scene`)

@@ -79,7 +79,7 @@ class ShapesCaptions:
   def example(self, rng: np.random.Generator, kind: str, things: list[str], stuff: list[str]) -> dict:
     """Renders and captions one image of `kind` with the given class names."""
     r = float(rng.uniform(1 / 6, 1 / 3))  # a lone thing is drawn large: its shape, not the stuff, is the topic
-    radius = (r, r) if kind == 'thing' else (1 / 7, 1 / 3.5)
+    radius = (r, r) if kind == 'thing' else shapes.THING_RADIUS
     image, _, segs = shapes.render_scene(rng, self.image_size, stuff, things, radius=radius,
                                          patterned=self.patterned)
     visible = [name for _, name in segs]
