@@ -189,7 +189,8 @@ def markdown(table: list[dict]) -> str:
 
 
 def bar_plot(table: list[dict]) -> bytes:
-  """PNG bytes: grouped bars (mIoU-seen, mIoU-unseen, hIoU) per row, std as error bars."""
+  """PNG bytes: grouped bars (mIoU-seen, mIoU-unseen, hIoU) per row, std as error bars, and each
+  metric's chance level (the markdown table's last line) as a dashed line in its bar colour."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -200,11 +201,18 @@ def bar_plot(table: list[dict]) -> bytes:
   for i, k in enumerate(METRICS):
     means = [0.0 if math.isnan(e[k][0]) else e[k][0] for e in table]
     stds = [0.0 if math.isnan(e[k][1]) else e[k][1] for e in table]
-    ax.bar(x + (i - 1) * width, means, width, yerr=stds, capsize=2, label=k)
+    bars = ax.bar(x + (i - 1) * width, means, width, yerr=stds, capsize=2, label=k)
+    chance = next((e['chance'][k][0] for e in table if not math.isnan(e['chance'][k][0])), None)
+    if chance is not None:
+      ax.axhline(chance, color=bars.patches[0].get_facecolor(), linestyle='--', linewidth=1,
+                 label=f'{k}, chance')
   ax.set_xticks(x, [e['row'].name for e in table], rotation=35, ha='right', fontsize=8)
   ax.set_ylabel('IoU (%)')
   ax.set_title('OVSNet ablations, miniature open world (mean ± std over seeds)', fontsize=9)
-  ax.legend(fontsize=8)
+  top = max([e[k][0] + (0.0 if math.isnan(e[k][1]) else e[k][1]) for e in table for k in METRICS
+             if not math.isnan(e[k][0])] or [1.0])
+  ax.set_ylim(0, 1.4 * top)  # headroom for the legend
+  ax.legend(fontsize=7, ncol=2, loc='upper left')
   fig.tight_layout()
   buf = io.BytesIO()
   fig.savefig(buf, format='png', dpi=110)
