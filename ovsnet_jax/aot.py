@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from ovsnet_jax import cli
+from ovsnet_jax import peak_memory
 
 GIB = 1024 ** 3
 
@@ -234,8 +235,12 @@ def format_report(rep: dict, what: str, devices: list, chip: Optional[Chip]) -> 
 
 def compile_for(config: ml_collections.ConfigDict, topology: str, what: str = 'train', *,
                 num_classes: int = 133, num_synonyms: int = 1,
-                log: Callable[[str], None] = print) -> dict:
+                log: Callable[[str], None] = print, dump_dir: str = '') -> dict:
   """Compiles `what` ('train' or 'forward') of `config` for `topology`; prints and returns the report.
+
+  `dump_dir`: the directory XLA dumps compiled modules to (`XLA_FLAGS=--xla_dump_to=...`, set before
+  the backend starts); if given, the report adds where the peak temporary memory goes
+  (`peak_memory.report` of this compile's module, as `rep['peak']`).
 
   Raises:
     ValueError: bad topology / batch size, or the program does not fit the chip's HBM.
@@ -246,7 +251,11 @@ def compile_for(config: ml_collections.ConfigDict, topology: str, what: str = 't
   devices, chip = topology_devices(topology)
   mesh = sharding.make_mesh(devices)
   lowered = LOWER[what](config, mesh, num_classes=num_classes, num_synonyms=num_synonyms)
+  earlier = frozenset(peak_memory.assignments(dump_dir)) if dump_dir else frozenset()
   rep = compile_report(lowered, chip)
   log(format_report(rep, f'{what} @ {topology}', devices, chip))
+  if dump_dir:
+    rep['peak'] = peak_memory.report(dump_dir, exclude=earlier)
+    log(peak_memory.format_report(rep['peak'], rep['temp_bytes']))
   check_fits(rep, f'{what} @ {topology}')
   return rep
