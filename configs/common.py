@@ -39,6 +39,9 @@ def get_model_config(clip_variant: str = 'convnext_base_w_320') -> ml_collection
   m.pixel_decoder.remat_deform = True
   # lax.scan over the encoder layers' stacked params (compile time, code size); same params and outputs.
   m.pixel_decoder.scan_layers = True
+  # Recompute each scanned encoder layer in the backward pass: the peak of the OVSNet-B train step on
+  # v5e held 6 layers' saved intermediates (~4 GiB per chip; `launch/compile_for.py --peak_memory`).
+  m.pixel_decoder.remat_layers = True
 
   m.decoder = ml_collections.ConfigDict()
   m.decoder.num_queries = 100  # FC-CLIP-L uses 250.
@@ -48,6 +51,9 @@ def get_model_config(clip_variant: str = 'convnext_base_w_320') -> ml_collection
   m.decoder.num_layers = 9  # 9 layers -> 10 predictions (deep supervision).
   # lax.scan over rounds of 3 layers (one per memory level) with stacked params; same params and outputs.
   m.decoder.scan_layers = True
+  # Recompute each scanned round of 3 layers in the backward pass (its attention masks: ~1 GiB per v5e
+  # chip for OVSNet-B at the peak).
+  m.decoder.remat_layers = True
 
   # Fusion of query embeddings F_Q and mask-pooled CLIP features F_C (Table 4a).
   # 'none' (baseline, FC-CLIP), 'gfa' (OVSNet), 'self_attn', 'cross_attn' (learned alternatives).

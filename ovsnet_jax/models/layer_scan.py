@@ -21,10 +21,14 @@ def stack(params: dict, names: Sequence[str]) -> dict:
   return jax.tree.map(lambda *xs: jnp.stack(xs), *[params[n] for n in names])
 
 
-def scan(layer: nn.Module, stacked: dict, carry, *args):
+def scan(layer: nn.Module, stacked: dict, carry, *args, remat: bool = False):
   """carry -> layer(carry, *args) for each layer's params in `stacked` (leading axis), in order.
 
-  `layer` is unbound (built with `parent=None`) and has no RNG-using or stateful layers.
+  `layer` is unbound (built with `parent=None`) and has no RNG-using or stateful layers. `remat`:
+  each layer is recomputed in the backward pass (`jax.checkpoint`), so the scan saves only each
+  layer's input carry instead of every intermediate the layer's backward needs.
   """
   body = lambda c, p: (layer.apply({'params': p}, c, *args), None)
+  if remat:
+    body = jax.checkpoint(body, prevent_cse=False)  # inside scan, CSE cannot undo the recompute
   return jax.lax.scan(body, carry, stacked)[0]

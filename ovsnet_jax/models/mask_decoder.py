@@ -105,6 +105,8 @@ class MaskedAttentionDecoder(nn.Module):
     scan_layers: run the layers as ``lax.scan`` over rounds of NUM_LEVELS layers (one per memory
       level) with stacked params; a remainder of num_layers % NUM_LEVELS layers runs unrolled.
       Same params (``layers_i``) and outputs as unrolled (``layer_scan``).
+    remat_layers: with ``scan_layers``, recompute each round in the backward pass: the scan saves
+      the round's input queries and masks instead of its attention masks and intermediates.
   """
   num_queries: int = 100
   hidden_dim: int = 256
@@ -114,6 +116,7 @@ class MaskedAttentionDecoder(nn.Module):
   mask_dim: int = 256
   dtype: Any = jnp.float32
   scan_layers: bool = True
+  remat_layers: bool = False
 
   @classmethod
   def from_config(cls, cfg: ml_collections.ConfigDict, mask_dim: int, dtype: Any = jnp.float32,
@@ -121,7 +124,7 @@ class MaskedAttentionDecoder(nn.Module):
     """Builds the module from ``config.model.decoder`` and the pixel decoder's mask_dim."""
     return cls(num_queries=cfg.num_queries, hidden_dim=cfg.hidden_dim, num_heads=cfg.num_heads,
                ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers, mask_dim=mask_dim, dtype=dtype,
-               scan_layers=cfg.get('scan_layers', True), **kwargs)
+               scan_layers=cfg.get('scan_layers', True), remat_layers=cfg.get('remat_layers', False), **kwargs)
 
   @nn.compact
   def __call__(self, multi_scale: Sequence[jax.Array], mask_features: jax.Array) -> dict[str, jax.Array]:
@@ -189,6 +192,8 @@ class MaskedAttentionDecoder(nn.Module):
           outs.append((out, masks))
         return (tgt, masks), jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
+      if self.remat_layers:
+        one_round = jax.checkpoint(one_round, prevent_cse=False)
       (tgt, masks), (outs, all_masks) = jax.lax.scan(one_round, (tgt, masks), stacked)  # (R, 3, ...)
       queries.append(outs.reshape((-1,) + outs.shape[2:]))
       pred_masks.append(all_masks.reshape((-1,) + all_masks.shape[2:]))

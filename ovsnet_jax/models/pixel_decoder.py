@@ -79,6 +79,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
     remat_deform: recompute the deformable sampling in the backward pass (``MSDeformAttn.remat``).
     scan_layers: apply the encoder layers with ``lax.scan`` over their stacked params (one compiled
       layer; same params and outputs as unrolled, see ``layer_scan``).
+    remat_layers: with ``scan_layers``, recompute each encoder layer in the backward pass: the scan
+      saves one (B, S, C) input per layer instead of every layer's attention and FFN intermediates.
   """
   conv_dim: int = 256
   mask_dim: int = 256
@@ -91,6 +93,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
   deform_query_chunk: int = 0
   remat_deform: bool = False
   scan_layers: bool = True
+  remat_layers: bool = False
 
   @classmethod
   def from_config(cls, cfg: ml_collections.ConfigDict, **kwargs) -> 'MSDeformAttnPixelDecoder':
@@ -99,7 +102,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
                num_heads=cfg.num_heads, num_points=cfg.num_points, ffn_dim=cfg.ffn_dim,
                num_groups=cfg.num_groups, deform_impl=cfg.deform_impl,
                deform_query_chunk=cfg.get('deform_query_chunk', 0), remat_deform=cfg.get('remat_deform', False),
-               scan_layers=cfg.get('scan_layers', True), **kwargs)
+               scan_layers=cfg.get('scan_layers', True), remat_layers=cfg.get('remat_layers', False), **kwargs)
 
   @nn.compact
   def __call__(self, feats: Mapping[str, jax.Array]) -> tuple[jax.Array, list[jax.Array]]:
@@ -138,7 +141,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
                                                   remat=self.remat_deform, name=name, **kw)
     if self.scan_layers and self.num_layers > 1 and not self.is_initializing():
       stacked = layer_scan.stack(self.variables['params'], names)
-      src = layer_scan.scan(layer(None, parent=None), stacked, src, pos, ref, shapes)
+      src = layer_scan.scan(layer(None, parent=None), stacked, src, pos, ref, shapes, remat=self.remat_layers)
     else:
       for name in names:
         src = layer(name)(src, pos, ref, shapes)
