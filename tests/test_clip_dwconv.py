@@ -38,6 +38,31 @@ def test_depthwise_conv_matches_torch_grouped_conv2d(impl):
   assert _rel_err(ours, want) <= REL_TOL
 
 
+@pytest.mark.parametrize('impl', clip_convnext.DWCONV_IMPLS)
+@pytest.mark.parametrize('shape', [(2, 9, 11, 6), (1, 5, 37, 3), (3, 4, 3, 5)])  # W < tile, 3 tiles, W < k
+def test_depthwise_conv_gradients_match_torch_autograd(impl, shape):
+  # 'shifted' has a hand-written VJP (banded kernel gradient, tiles of KERNEL_GRAD_TILE columns):
+  # both gradients against torch's autograd of the grouped conv2d, for a random output cotangent.
+  rng = np.random.default_rng(1)
+  b, h, w, c = shape
+  x = rng.normal(size=shape).astype(np.float32)
+  kernel = rng.normal(size=(7, 7, 1, c)).astype(np.float32)
+  cot = rng.normal(size=shape).astype(np.float32)
+  grads = jax.jit(jax.grad(lambda x, k: jnp.sum(clip_convnext.depthwise_conv(x, k, impl) * cot),
+                           argnums=(0, 1)))(x, kernel)
+  xt = torch.from_numpy(x.transpose(0, 3, 1, 2)).requires_grad_()
+  kt = torch.from_numpy(kernel.transpose(3, 2, 0, 1)).requires_grad_()
+  out = torch.nn.functional.conv2d(xt, kt, padding=3, groups=c)
+  (out * torch.from_numpy(cot.transpose(0, 3, 1, 2))).sum().backward()
+  assert _rel_err(grads[0], xt.grad.numpy().transpose(0, 2, 3, 1)) <= REL_TOL
+  assert _rel_err(grads[1], kt.grad.numpy().transpose(2, 3, 1, 0)) <= REL_TOL
+
+
+def test_shifted_rejects_an_even_kernel():
+  with pytest.raises(ValueError, match=r'expected an odd square kernel \(k, k, 1, C\), got \(4, 4, 1, 2\)'):
+    clip_convnext.depthwise_conv(jnp.zeros((1, 8, 8, 2)), jnp.zeros((4, 4, 1, 2)), 'shifted')
+
+
 def test_depthwise_conv_params_are_nn_conv_params():
   x = jnp.zeros((1, 8, 8, 4))
   ours = jax.eval_shape(clip_convnext.DepthwiseConv(4, 7, 'shifted').init, jax.random.PRNGKey(0), x)
