@@ -8,7 +8,8 @@ Depthwise 7x7 convolutions (`DepthwiseConv`, 36 in ConvNeXt-B): `dwconv` picks t
 both exact (same params, same sums up to float reassociation):
   'conv'    - `lax.conv_general_dilated` with feature_group_count = C (fast on TPU / GPU);
   'shifted' - a sum of k*k shifted multiply-adds of the padded input (XLA:CPU's grouped convolution
-              is 10-20x slower than this: (1, 64, 64, 128) 33 ms vs 1.8 ms);
+              is 10-20x slower than this: (1, 64, 64, 128) 33 ms vs 1.8 ms), with a hand-written
+              VJP (autodiff's made the backward 10x the forward: CLIP pretraining on CPU);
   'auto'    - 'shifted' when lowered for the CPU, 'conv' elsewhere, chosen at lowering time
               (`lax.platform_dependent`), so AOT compiles for a TPU topology on a CPU host get 'conv'.
 
