@@ -63,8 +63,8 @@ def _shifted_kernel_grad(x: jax.Array, g: jax.Array, k: int) -> jax.Array:
   on XLA:CPU). Here the columns are cut into tiles of T = `KERNEL_GRAD_TILE`; per kernel row i one
   matmul over (tile, b, h) gives m[v, w, c] = sum pad(x)[., h+i, v, c] g[., h, w, c] for the T+k-1
   input columns v against the T output columns w of a tile, and gK[i, j] = sum_w m[w+j, w], a
-  strided slice of m flattened. k matmuls of (T+k-1)/k times the useful
-  work, but no k*k passes over memory (7.6 ms for the shape above).
+  strided slice of m flattened. k matmuls of (T+k-1)/k times the useful work, but no k*k passes
+  over memory (7.6 ms for the shape above).
   """
   b, h, w, c = x.shape
   t = min(w, KERNEL_GRAD_TILE)
@@ -87,7 +87,8 @@ def depthwise_conv_shifted(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
   Odd k. Its VJP is written out: the input gradient is the same shifted sum of the output gradient
   with the kernel flipped, the kernel gradient `_shifted_kernel_grad` (autodiff's k*k slices of
-  pads and k*k reductions made the backward 10x the forward on XLA:CPU).
+  pads and k*k reductions made the backward 10x the forward on XLA:CPU). Reverse mode only: a
+  custom VJP has no forward-mode derivative (`jax.jvp` raises).
   """
   return _shifted_sum(x, kernel)
 
